@@ -1,0 +1,4 @@
+from lavis_goal.datasets.builders import GoalDemoBuilder, GoalJsonBuilder
+from lavis_goal.datasets.goal_datasets import GoalRetrievalEvalDataset, GoalTrainDataset
+
+__all__ = ["GoalDemoBuilder", "GoalJsonBuilder", "GoalRetrievalEvalDataset", "GoalTrainDataset"]

@@ -1,0 +1,162 @@
+"""Dataset builders registered with LAVIS: ``goal_json`` and ``goal_demo``.
+
+The split named ``train`` becomes a ``GoalTrainDataset``; every other split
+becomes a ``GoalRetrievalEvalDataset``. Relative paths in the config resolve
+against the working directory, not LAVIS's cache folder.
+"""
+
+import logging
+import os
+from typing import Dict
+
+from lavis.common.registry import registry
+from lavis.datasets.builders.base_dataset_builder import BaseDatasetBuilder
+from omegaconf import OmegaConf
+
+from lavis_goal.common.config_check import check_keys
+from lavis_goal.datasets.annotations import LoadOptions, load_records, parse_records
+from lavis_goal.datasets.demo import demo_records
+from lavis_goal.datasets.goal_datasets import GoalRetrievalEvalDataset, GoalTrainDataset
+from lavis_goal.paths import plugin_config
+from lavis_goal.processors import GoalCaptionProcessor, GoalImageEvalProcessor, GoalImageTrainProcessor
+from lavis_goal.text_spans import SpanTokenizer
+
+logger = logging.getLogger(__name__)
+
+DATASET_CONFIG_KEYS = {
+    "data_type", "build_info", "vis_processor", "text_processor", "local_pairs", "skip_invalid_records",
+    "check_images", "tokenizer", "type",
+}
+LOCAL_PAIR_KEYS = {"top_k", "min_score", "drop_whole_image"}
+_TOKENIZERS: Dict[tuple, SpanTokenizer] = {}
+
+
+def get_span_tokenizer(model_name: str, context_length: int) -> SpanTokenizer:
+    key = (model_name, int(context_length))
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = SpanTokenizer.from_open_clip(model_name, int(context_length))
+    return _TOKENIZERS[key]
+
+
+class GoalBuilderBase(BaseDatasetBuilder):
+    """Shared building logic; subclasses provide the raw records of each split."""
+
+    name = "goal"
+
+    def build_datasets(self):
+        # LAVIS's default downloads annotations into its cache; these builders
+        # read the user's files in place.
+        check_keys(self.config, DATASET_CONFIG_KEYS, f"datasets.{self.name}")
+        return self.build()
+
+    def _processors(self):
+        vis_cfg = self.config.get("vis_processor", OmegaConf.create())
+        text_cfg = self.config.get("text_processor", OmegaConf.create())
+        vis_train = GoalImageTrainProcessor.from_config(vis_cfg.get("train", None))
+        vis_eval = GoalImageEvalProcessor.from_config(vis_cfg.get("eval", None))
+        text_train = GoalCaptionProcessor.from_config(text_cfg.get("train", None))
+        text_eval = GoalCaptionProcessor.from_config(text_cfg.get("eval", None))
+        return vis_train, vis_eval, text_train, text_eval
+
+    def _tokenizer(self) -> SpanTokenizer:
+        cfg = self.config.get("tokenizer", None)
+        if cfg is None or cfg.get("model_name", None) is None:
+            raise ValueError(
+                f"datasets.{self.name}.tokenizer.model_name is not set; the goal_retrieval task fills it from "
+                "the model config, so build datasets through the task or set it yourself"
+            )
+        return get_span_tokenizer(cfg.model_name, int(cfg.get("context_length", 248)))
+
+    def _options(self, caption_processor, image_root) -> LoadOptions:
+        pairs = self.config.get("local_pairs", OmegaConf.create())
+        check_keys(pairs, LOCAL_PAIR_KEYS, f"datasets.{self.name}.local_pairs")
+        return LoadOptions(
+            image_root=image_root,
+            skip_invalid_records=bool(self.config.get("skip_invalid_records", False)),
+            top_k=int(pairs.get("top_k", 1)),
+            min_score=pairs.get("min_score", None),
+            drop_whole_image=bool(pairs.get("drop_whole_image", True)),
+            check_images=bool(self.config.get("check_images", True)),
+            caption_processor=caption_processor,
+        )
+
+    def split_records(self, split: str, options: LoadOptions):
+        raise NotImplementedError
+
+    def split_names(self):
+        raise NotImplementedError
+
+    def build(self):
+        vis_train, vis_eval, text_train, text_eval = self._processors()
+        tokenizer = self._tokenizer()
+        datasets = {}
+        for split in self.split_names():
+            is_train = split == "train"
+            options = self._options(text_train if is_train else text_eval, self.image_root())
+            records, source = self.split_records(split, options)
+            if is_train:
+                datasets[split] = GoalTrainDataset(records, vis_train, vis_eval, tokenizer, options.top_k, source=source)
+            else:
+                datasets[split] = GoalRetrievalEvalDataset(records, vis_eval, tokenizer, source=source)
+        return datasets
+
+    def image_root(self):
+        return None
+
+
+@registry.register_builder("goal_json")
+class GoalJsonBuilder(GoalBuilderBase):
+    """Annotation lists in GOAL's reference formats, one JSON file per split."""
+
+    name = "goal_json"
+    DATASET_CONFIG_DICT = {"default": plugin_config("datasets/goal_json/defaults.yaml")}
+
+    def split_names(self):
+        annotations = self.config.build_info.get("annotations", None)
+        if not annotations:
+            raise ValueError(f"datasets.{self.name}.build_info.annotations lists no split; add e.g. train: {{storage: train.json}}")
+        return list(annotations.keys())
+
+    def image_root(self):
+        images = self.config.build_info.get("images", None)
+        root = images.get("storage", None) if images is not None else None
+        if root is None:
+            return None
+        root = os.path.abspath(os.path.expanduser(str(root)))
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"Image root {root} (datasets.{self.name}.build_info.images.storage) is not a folder")
+        return root
+
+    def split_records(self, split, options):
+        storage = self.config.build_info.annotations[split].get("storage", None)
+        if storage is None:
+            raise ValueError(f"datasets.{self.name}.build_info.annotations.{split}.storage is not set")
+        paths = [storage] if isinstance(storage, str) else list(storage)
+        records = []
+        for path in paths:
+            path = os.path.abspath(os.path.expanduser(str(path)))
+            part, _ = load_records(path, options)
+            records.extend(part)
+        return records, f"{self.name}/{split} ({', '.join(map(str, paths))})"
+
+
+@registry.register_builder("goal_demo")
+class GoalDemoBuilder(GoalBuilderBase):
+    """About 20 photos shipped by scikit-image and matplotlib, with hand-written long captions.
+
+    Splits: ``train`` (training images with hand-made local pairs), ``val``
+    (the training images as a retrieval set, to watch the fit) and ``test``
+    (held-out images).
+    """
+
+    name = "goal_demo"
+    DATASET_CONFIG_DICT = {"default": plugin_config("datasets/goal_demo/defaults.yaml")}
+
+    def split_names(self):
+        return list(self.config.build_info.get("splits", ["train", "val", "test"]))
+
+    def split_records(self, split, options):
+        source_split = "train" if split in ("train", "val") else split
+        raw, path = demo_records(source_split)
+        records, _ = parse_records(raw, path, options)
+        return records, f"{self.name}/{split}"

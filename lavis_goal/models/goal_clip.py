@@ -1,0 +1,425 @@
+"""``goal_clip``: an open_clip CLIP fine-tuned with the GOAL objective.
+
+The model wraps ``open_clip.CLIP`` (as ``self.clip``), stretches its text
+positions with Long-CLIP's rule, and encodes global and local inputs in one
+batched pass per tower. Besides the pooled embeddings it keeps the last
+layer's tokens *before* the final LayerNorm, which token similarity-based
+learning (TSL) pools inside a box or a sentence span and sends through the
+same LayerNorm and projection.
+"""
+
+import logging
+import os
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from lavis.common.registry import registry
+from lavis.models.base_model import BaseModel
+from tqdm import tqdm
+
+from lavis_goal.common import dist as goal_dist
+from lavis_goal.common.config_check import check_keys
+from lavis_goal.geometry import boxes_to_patch_mask
+from lavis_goal.losses import GoalLoss, GoalLossConfig
+from lavis_goal.models.checkpoints import extract_state_dict, load_checkpoint_file
+from lavis_goal.models.long_text import causal_mask, stretch_positional_embedding
+from lavis_goal.paths import OPEN_CLIP_CONFIGS, plugin_config
+from lavis_goal.text_spans import SpanTokenizer, spans_to_token_mask
+
+logger = logging.getLogger(__name__)
+
+open_clip.add_model_config(OPEN_CLIP_CONFIGS)
+
+MODEL_CONFIG_KEYS = {
+    "arch", "model_type", "model_name", "pretrained", "finetuned", "load_finetuned", "load_pretrained",
+    "context_length", "keep_positions", "freeze_kept_positions", "loss", "allow_pickle", "preprocess",
+}
+
+
+@registry.register_model("goal_clip")
+class GoalCLIP(BaseModel):
+    """CLIP with long text and the GOAL loss.
+
+    Args:
+        model_name: an open_clip architecture (``ViT-B-16``, ``ViT-L-14``, ``goal-tiny-vit``...).
+        pretrained: an open_clip pretrained tag (downloaded by open_clip) or a
+            local checkpoint path (loaded offline); None for random weights.
+        context_length: text positions after stretching (248 in GOAL and Long-CLIP).
+        keep_positions: leading positions copied unchanged by the stretch (20).
+        freeze_kept_positions: keep those positions fixed during training, as
+            Long-CLIP does; GOAL trains all positions.
+        loss: weights of the GOAL terms, see ``GoalLossConfig``.
+        allow_pickle: load checkpoints with full pickle support (trusted files only).
+    """
+
+    PRETRAINED_MODEL_CONFIG_DICT = {
+        "tiny": plugin_config("models/goal_clip_tiny.yaml"),
+        "vitb16": plugin_config("models/goal_clip_vitb16.yaml"),
+        "vitl14": plugin_config("models/goal_clip_vitl14.yaml"),
+    }
+
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: Optional[str] = None,
+        context_length: int = 248,
+        keep_positions: int = 20,
+        freeze_kept_positions: bool = False,
+        loss: Optional[dict] = None,
+        allow_pickle: bool = False,
+    ):
+        super().__init__()
+        self.model_name = model_name
+        self.allow_pickle = allow_pickle
+        self.keep_positions = keep_positions
+        self.freeze_kept_positions = freeze_kept_positions
+        self.loss_cfg = GoalLossConfig.from_dict(loss)
+        self.loss_fn = GoalLoss(self.loss_cfg)
+
+        self.clip = self._create_clip(model_name, pretrained, context_length)
+        self._check_supported()
+        if freeze_kept_positions:
+            self.clip.positional_embedding.register_hook(self._zero_kept_position_grads)
+        self._tokenizer = None
+
+    # ----- construction -------------------------------------------------
+
+    def _create_clip(self, model_name: str, pretrained: Optional[str], context_length: int) -> nn.Module:
+        if model_name not in open_clip.list_models():
+            raise ValueError(
+                f"Unknown open_clip architecture {model_name!r} in model.model_name; "
+                "see open_clip.list_models() for the valid names"
+            )
+        is_file = bool(pretrained) and os.path.isfile(str(pretrained))
+        tag = None if (not pretrained or is_file) else pretrained
+        if pretrained and not is_file and (os.sep in str(pretrained) or str(pretrained).endswith((".pt", ".pth", ".bin", ".safetensors"))):
+            raise FileNotFoundError(f"model.pretrained {pretrained!r} looks like a path but no such file exists")
+
+        clip = open_clip.create_model(model_name, pretrained=tag)
+        state_dict = None
+        if is_file:
+            state_dict = extract_state_dict(load_checkpoint_file(pretrained, self.allow_pickle), pretrained)
+            state_dict = {k[len("clip.") :] if k.startswith("clip.") else k: v for k, v in state_dict.items()}
+
+        original_length = clip.positional_embedding.shape[0]
+        if state_dict is not None and state_dict["positional_embedding"].shape[0] == original_length:
+            self._load_clip_state(clip, state_dict, pretrained)
+            state_dict = None
+        self._set_context_length(clip, context_length)
+        if state_dict is not None:
+            self._load_clip_state(clip, state_dict, pretrained)
+        if is_file or tag:
+            logger.info("Loaded pretrained %s weights from %s", model_name, pretrained)
+        return clip
+
+    @staticmethod
+    def _load_clip_state(clip: nn.Module, state_dict: Dict[str, torch.Tensor], path: str) -> None:
+        result = clip.load_state_dict(state_dict, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"Checkpoint {path} does not match the open_clip model: missing keys "
+                f"{result.missing_keys[:10]}, unexpected keys {result.unexpected_keys[:10]}"
+            )
+
+    def _set_context_length(self, clip: nn.Module, context_length: int) -> None:
+        stretched = stretch_positional_embedding(clip.positional_embedding, context_length, self.keep_positions)
+        clip.positional_embedding = nn.Parameter(stretched)
+        clip.attn_mask = causal_mask(context_length)
+        clip.context_length = context_length
+        self.context_length = context_length
+
+    def _check_supported(self) -> None:
+        visual = getattr(self.clip, "visual", None)
+        supported = (
+            isinstance(self.clip, open_clip.CLIP)
+            and isinstance(visual, open_clip.transformer.VisionTransformer)
+            and visual.attn_pool is None
+            and not visual.final_ln_after_pool
+            and visual.pool_type == "tok"
+            and self.clip.text_pool_type == "argmax"
+        )
+        if not supported:
+            raise ValueError(
+                f"open_clip model {self.model_name!r} is not supported: goal_clip needs a ViT image tower "
+                "with class-token pooling and the CLIP text tower (argmax pooling), as in the OpenAI CLIP models"
+            )
+
+    def _zero_kept_position_grads(self, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[: self.keep_positions] = 0
+        return grad
+
+    @property
+    def patch_size(self) -> Tuple[int, int]:
+        return tuple(self.clip.visual.patch_size)
+
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        return tuple(self.clip.visual.image_size)
+
+    @property
+    def tokenizer(self) -> SpanTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = SpanTokenizer.from_open_clip(self.model_name, self.context_length)
+        return self._tokenizer
+
+    def optimizer_param_groups(self, weight_decay: float):
+        """Split trainable parameters into decayed weights and undecayed gains, biases and embeddings.
+
+        The positional embedding skips weight decay when its kept positions
+        are frozen, because AdamW's decay would move them despite zero gradients.
+        """
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            skip = param.ndim < 2 or name.endswith(".bias") or ".ln_" in name or "logit_scale" in name
+            if self.freeze_kept_positions and name == "clip.positional_embedding":
+                skip = True
+            (no_decay if skip else decay).append(param)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    # ----- encoders -----------------------------------------------------
+
+    def _image_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final LayerNorm and projection of the image tower, applied to ``(..., width)`` tokens."""
+        visual = self.clip.visual
+        out = visual.ln_post(tokens)
+        return out @ visual.proj if visual.proj is not None else out
+
+    def _text_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final LayerNorm and projection of the text tower, applied to ``(..., width)`` tokens."""
+        out = self.clip.ln_final(tokens)
+        projection = self.clip.text_projection
+        if projection is None:
+            return out
+        if isinstance(projection, nn.Linear):
+            return projection(out)
+        return out @ projection
+
+    def encode_image_tokens(self, image: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Encode ``(B, 3, H, W)`` images.
+
+        Returns ``(embeds, patch_tokens)``: unnormalized ``(B, D)`` embeddings,
+        equal to ``open_clip``'s ``encode_image``, and ``(B, N, width)`` patch
+        tokens of the last layer before ``ln_post`` (class token excluded).
+        """
+        visual = self.clip.visual
+        tokens = visual.transformer(visual._embeds(image))  # (B, 1 + N, width)
+        return self._image_head(tokens[:, 0]), tokens[:, 1:]
+
+    def encode_text_tokens(self, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Encode ``(B, L)`` token ids.
+
+        Returns ``(embeds, tokens)``: unnormalized ``(B, D)`` embeddings taken
+        at the end token, equal to ``open_clip``'s ``encode_text``, and the
+        ``(B, L, width)`` last-layer tokens before ``ln_final``.
+        """
+        clip = self.clip
+        cast_dtype = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(text).to(cast_dtype) + clip.positional_embedding.to(cast_dtype)
+        tokens = clip.transformer(x, attn_mask=clip.attn_mask)
+        end_positions = text.argmax(dim=-1)  # the end token has the largest id
+        pooled = tokens[torch.arange(tokens.shape[0], device=tokens.device), end_positions]
+        return self._text_head(pooled), tokens
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip.logit_scale.exp().clamp(max=100.0)
+
+    # ----- training -----------------------------------------------------
+
+    def forward(self, samples: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Compute the GOAL loss for a batch from ``GoalTrainDataset``.
+
+        ``samples`` holds ``image (B, 3, H, W)``, ``text_input (B, L)`` and,
+        for the local terms, ``local_image (B, K, 3, H, W)``, ``local_text
+        (B, K, L)``, ``local_valid (B, K)``, ``region_box (B, K, 4)`` in input
+        pixels, ``region_valid (B, K)``, ``span (B, K, 2)`` and ``span_valid (B, K)``.
+        """
+        image, text = samples["image"], samples["text_input"]
+        batch = image.shape[0]
+        use_local = self.loss_cfg.uses_local_inputs
+        if use_local and "local_image" not in samples:
+            raise ValueError(
+                "The loss config has local or TSL terms but the batch has no local pairs; use a training "
+                "list with 'segment' entries or set model.loss.local_weight and the tsl weights to 0"
+            )
+
+        if use_local:
+            images = torch.cat([image, samples["local_image"].flatten(0, 1)])
+            texts = torch.cat([text, samples["local_text"].flatten(0, 1)])
+        else:
+            images, texts = image, text
+        image_embeds, patch_tokens = self.encode_image_tokens(images)
+        text_embeds, text_tokens = self.encode_text_tokens(texts)
+
+        inputs = {
+            "image_global": F.normalize(image_embeds[:batch], dim=-1),
+            "text_global": F.normalize(text_embeds[:batch], dim=-1),
+        }
+        if use_local:
+            inputs.update(self._local_inputs(samples, image_embeds, text_embeds, patch_tokens, text_tokens, batch))
+
+        output = self.loss_fn(self.logit_scale(), **inputs)
+        output["logit_scale"] = self.logit_scale().detach()
+        return output
+
+    def _local_inputs(self, samples, image_embeds, text_embeds, patch_tokens, text_tokens, batch):
+        inputs = {
+            "image_local": F.normalize(image_embeds[batch:], dim=-1),
+            "text_local": F.normalize(text_embeds[batch:], dim=-1),
+            "local_valid": samples["local_valid"].flatten(),
+        }
+        if self.loss_cfg.tsl_image_weight > 0:
+            patch_mask = boxes_to_patch_mask(samples["region_box"], self.image_size, self.patch_size)
+            region_valid = samples["region_valid"] & patch_mask.any(-1)
+            inputs["region_pooled"] = self._image_head(_masked_mean(patch_tokens[:batch], patch_mask)).flatten(0, 1)
+            inputs["region_valid"] = region_valid.flatten()
+        if self.loss_cfg.tsl_text_weight > 0:
+            token_mask = spans_to_token_mask(samples["span"], samples["span_valid"], text_tokens.shape[1])
+            inputs["span_pooled"] = self._text_head(_masked_mean(text_tokens[:batch], token_mask)).flatten(0, 1)
+            inputs["span_valid"] = samples["span_valid"].flatten() & token_mask.flatten(0, 1).any(-1)
+        return inputs
+
+    # ----- inference and evaluation ------------------------------------
+
+    def _tokenize(self, text) -> torch.Tensor:
+        if isinstance(text, torch.Tensor):
+            return text.to(self.device)
+        if isinstance(text, str):
+            text = [text]
+        return torch.stack([self.tokenizer.encode_caption(t).tokens for t in text]).to(self.device)
+
+    @torch.no_grad()
+    def extract_features(self, samples: Dict, mode: str = "multimodal") -> Dict[str, torch.Tensor]:
+        """Return L2-normalized ``image_embeds`` and/or ``text_embeds`` for ``samples``.
+
+        ``samples["image"]`` is a ``(B, 3, H, W)`` tensor from the eval image
+        processor; ``samples["text_input"]`` is a list of strings (tokenized
+        here, 248 positions) or a ``(B, L)`` tensor of token ids.
+        ``mode`` is ``"image"``, ``"text"`` or ``"multimodal"`` (both).
+        """
+        if mode not in ("image", "text", "multimodal"):
+            raise ValueError(f"mode must be 'image', 'text' or 'multimodal', got {mode!r}")
+        features = {}
+        if mode in ("image", "multimodal"):
+            embeds, _ = self.encode_image_tokens(samples["image"].to(self.device))
+            features["image_embeds"] = F.normalize(embeds.float(), dim=-1)
+        if mode in ("text", "multimodal"):
+            embeds, _ = self.encode_text_tokens(self._tokenize(samples["text_input"]))
+            features["text_embeds"] = F.normalize(embeds.float(), dim=-1)
+        return features
+
+    @torch.no_grad()
+    def compute_sim_matrix(self, data_loader, task_cfg=None) -> Tuple[np.ndarray, np.ndarray]:
+        """Score every image of ``data_loader.dataset`` against every caption, in fp32.
+
+        Images come from the loader (its batches carry ``"index"``, so a
+        sharded loader works); captions come from ``dataset.text`` and are
+        split across ranks. Returns ``(score_i2t, score_t2i)`` as numpy arrays
+        of shape ``(n_images, n_texts)`` and ``(n_texts, n_images)``, on every rank.
+        """
+        dataset = data_loader.dataset
+        batch_size = int(task_cfg.get("batch_size_eval", 64)) if task_cfg is not None else 64
+        show = goal_dist.is_main_process()
+        autocast = _eval_autocast(task_cfg, self.device)
+
+        image_rows, image_index = [], []
+        for batch in tqdm(data_loader, desc="Encoding images", disable=not show, leave=False):
+            with autocast:
+                image_rows.append(self.extract_features({"image": batch["image"]}, mode="image")["image_embeds"])
+            image_index.append(batch["index"].to(self.device))
+        image_embeds = _gather_rows(torch.cat(image_rows), torch.cat(image_index), len(dataset.image))
+
+        rank, world = goal_dist.get_rank(), goal_dist.get_world_size()
+        all_ids = torch.arange(len(dataset.text))
+        own_ids = all_ids[rank::world]
+        text_rows = []
+        for start in tqdm(range(0, len(own_ids), batch_size), desc="Encoding texts", disable=not show, leave=False):
+            ids = own_ids[start : start + batch_size]
+            texts = [dataset.text[i] for i in ids.tolist()]
+            texts = torch.stack(texts) if isinstance(texts[0], torch.Tensor) else texts
+            with autocast:
+                text_rows.append(self.extract_features({"text_input": texts}, mode="text")["text_embeds"])
+        width = image_embeds.shape[1]
+        text_rows = torch.cat(text_rows) if text_rows else image_embeds.new_zeros(0, width)
+        text_embeds = _gather_rows(text_rows, own_ids.to(self.device), len(dataset.text))
+
+        score_i2t = (image_embeds.float() @ text_embeds.float().T).cpu().numpy()
+        return score_i2t, np.ascontiguousarray(score_i2t.T)
+
+    # ----- checkpoints and config ----------------------------------------
+
+    def load_checkpoint(self, url_or_filename: str):
+        """Load a checkpoint written by this project (LAVIS's ``{"model": ...}`` or a bare state dict), strictly."""
+        state_dict = extract_state_dict(load_checkpoint_file(url_or_filename, self.allow_pickle), url_or_filename)
+        result = self.load_state_dict(state_dict, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"Checkpoint {url_or_filename} does not match goal_clip({self.model_name}, "
+                f"context_length={self.context_length}): missing keys {result.missing_keys[:10]}, "
+                f"unexpected keys {result.unexpected_keys[:10]}"
+            )
+        logger.info("Loaded fine-tuned weights from %s", url_or_filename)
+        return result
+
+    @classmethod
+    def from_config(cls, cfg):
+        check_keys(cfg, MODEL_CONFIG_KEYS, "model")
+        loss = cfg.get("loss", None)
+        if loss is not None and not isinstance(loss, dict):
+            from omegaconf import OmegaConf
+
+            loss = OmegaConf.to_container(loss, resolve=True)
+        model = cls(
+            model_name=cfg.model_name,
+            pretrained=cfg.get("pretrained", None),
+            context_length=int(cfg.get("context_length", 248)),
+            keep_positions=int(cfg.get("keep_positions", 20)),
+            freeze_kept_positions=bool(cfg.get("freeze_kept_positions", False)),
+            loss=loss,
+            allow_pickle=bool(cfg.get("allow_pickle", False)),
+        )
+        finetuned = cfg.get("finetuned", None)
+        if finetuned and cfg.get("load_finetuned", True):
+            model.load_checkpoint(finetuned)
+        return model
+
+
+def _masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``(B, N, C)`` tokens over ``(B, K, N)`` masks; ``(B, K, C)``, zeros where a mask is empty."""
+    weights = mask.to(tokens.dtype)
+    summed = torch.einsum("bkn,bnc->bkc", weights, tokens)
+    return summed / weights.sum(-1, keepdim=True).clamp(min=1)
+
+
+def _gather_rows(rows: torch.Tensor, index: torch.Tensor, total: int) -> torch.Tensor:
+    """Collect ``rows`` from every rank into a ``(total, D)`` tensor ordered by ``index``."""
+    if goal_dist.get_world_size() > 1:
+        counts = goal_dist.all_gather_no_grad(torch.tensor([rows.shape[0]], device=rows.device))
+        longest = int(counts.max())
+        padded = rows.new_zeros(longest, rows.shape[1])
+        padded[: rows.shape[0]] = rows
+        padded_index = index.new_full((longest,), -1)
+        padded_index[: index.shape[0]] = index
+        rows = goal_dist.all_gather_no_grad(padded)
+        index = goal_dist.all_gather_no_grad(padded_index)
+        keep = index >= 0
+        rows, index = rows[keep], index[keep]
+    out = rows.new_zeros(total, rows.shape[1])
+    out[index] = rows
+    return out
+
+
+def _eval_autocast(task_cfg, device: torch.device):
+    dtype_name = task_cfg.get("amp_dtype", "bfloat16") if task_cfg is not None else "bfloat16"
+    enabled = bool(task_cfg.get("amp", False)) if task_cfg is not None else False
+    enabled = enabled and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype_name), enabled=enabled)
