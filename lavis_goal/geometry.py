@@ -138,5 +138,6 @@ def boxes_to_patch_mask(
     x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))
     cols = (cell_x0 < x2) & (cell_x1 > x1)  # (..., grid_w)
     rows = (cell_y0 < y2) & (cell_y1 > y1)  # (..., grid_h)
-    mask = rows[..., :, None] & cols[..., None, :]  # (..., grid_h, grid_w)
+    has_area = ((x2 > x1) & (y2 > y1))[..., None]  # (..., 1, 1)
+    mask = rows[..., :, None] & cols[..., None, :] & has_area  # (..., grid_h, grid_w)
     return mask.flatten(-2)
