@@ -24,7 +24,7 @@ LOSSES = {
 
 
 def synthetic_batch(model: GoalCLIP, batch_size: int, slots: int = 1) -> dict:
-    """A batch with 200-token captions and one 20-token sentence span per image, as in DOCCI."""
+    """Build a batch with 200-token captions and one 20-token sentence span per image, as in DOCCI."""
     g = torch.Generator().manual_seed(0)
     caption = "A small gray stone lies near a red brick wall in the afternoon light. " * 14
     encoded = model.tokenizer.encode_caption(caption)

@@ -39,7 +39,7 @@ def test_box_follows_resize_and_center_crop(size, box):
     step = resize_center_crop_step(*size, 224)
     mapped, valid = transform_boxes(torch.tensor([box], dtype=torch.float32), step)
     transformed = T.CenterCrop(224)(T.Resize(224, interpolation=T.InterpolationMode.NEAREST)(image))
-    white = torch.nonzero(torch.from_numpy(np.asarray(transformed.convert("L"))) > 127)
+    white = torch.nonzero(torch.from_numpy(np.array(transformed.convert("L"))) > 127)
     y_min, x_min = white.min(0).values.tolist()
     y_max, x_max = white.max(0).values.tolist()
 

@@ -90,15 +90,20 @@ class SkipCounter:
 def resolve_image_path(filename: str, image_root: Optional[str]) -> str:
     """Join ``filename`` to ``image_root``.
 
-    Relative names are joined as they are. Absolute names (the reference
-    lists carry the authors' absolute paths) keep only their base name when
-    an ``image_root`` is given, so the root replaces their folder.
+    Relative names are joined as they are, unless that file does not exist
+    and ``image_root / basename`` does. Absolute names keep only their base
+    name. Both cases serve the reference lists, which carry the authors'
+    folders or a placeholder folder in front of each file name.
     """
     if not image_root:
         return filename
     if os.path.isabs(filename):
         return os.path.join(image_root, os.path.basename(filename))
-    return os.path.join(image_root, filename)
+    joined = os.path.join(image_root, filename)
+    flat = os.path.join(image_root, os.path.basename(filename))
+    if not os.path.exists(joined) and os.path.exists(flat):
+        return flat
+    return joined
 
 
 def read_json_list(path: str) -> list:
@@ -107,8 +112,12 @@ def read_json_list(path: str) -> list:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except json.JSONDecodeError as error:
-        raise AnnotationError(f"Annotation file {path} is not valid JSON: {error}") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        # A binary file fails UTF-8 decoding before the JSON parser reads it.
+        raise AnnotationError(
+            f"Annotation file {path} is not valid UTF-8 JSON: {error}; it must contain one JSON list of "
+            "records (convert JSON Lines files to a list)"
+        ) from error
     if not isinstance(data, list):
         raise AnnotationError(f"Annotation file {path} must hold a JSON list of records, got {type(data).__name__}")
     return data
@@ -164,6 +173,8 @@ def _parse_record(item, index: int, source: str, options: LoadOptions, skips: Sk
     captions = item.get("original_caption", item.get("caption"))
     if isinstance(captions, str):
         captions = [captions]
+    if captions is not None and not isinstance(captions, list):
+        raise _error(AnnotationError, "invalid caption", f"{where} has a caption of type {type(captions).__name__}; write the caption as a string or a list of strings, or set skip_invalid_records: true")
     if options.caption_processor is not None and captions:
         captions = [options.caption_processor(c) if isinstance(c, str) else c for c in captions]
     if not captions or not all(isinstance(c, str) and c.strip() for c in captions):
@@ -228,7 +239,11 @@ def _parse_pair(segment, where: str, record: Record) -> LocalPair:
     box = _check_box(box, where, record)
 
     score = segment.get("similarity_score", segment.get("score", 0.0))
-    return LocalPair(sentence=sentence, box=box, score=float(score), char_start=start, char_end=start + len(sentence))
+    try:
+        score = float(score)
+    except (TypeError, ValueError):
+        raise _error(AnnotationError, "bad score", f"{where} has an invalid similarity_score {score!r}; write a number, or remove the key to use 0") from None
+    return LocalPair(sentence=sentence, box=box, score=score, char_start=start, char_end=start + len(sentence))
 
 
 def _check_box(box, where: str, record: Record):

@@ -28,6 +28,7 @@ DATASET_CONFIG_KEYS = {
     "check_images", "tokenizer", "type",
 }
 LOCAL_PAIR_KEYS = {"top_k", "min_score", "drop_whole_image"}
+PROCESSOR_SPLIT_KEYS = {"train", "eval"}
 _TOKENIZERS: Dict[tuple, SpanTokenizer] = {}
 
 
@@ -52,11 +53,25 @@ class GoalBuilderBase(BaseDatasetBuilder):
     def _processors(self):
         vis_cfg = self.config.get("vis_processor", OmegaConf.create())
         text_cfg = self.config.get("text_processor", OmegaConf.create())
-        vis_train = GoalImageTrainProcessor.from_config(vis_cfg.get("train", None))
-        vis_eval = GoalImageEvalProcessor.from_config(vis_cfg.get("eval", None))
-        text_train = GoalCaptionProcessor.from_config(text_cfg.get("train", None))
-        text_eval = GoalCaptionProcessor.from_config(text_cfg.get("eval", None))
+        check_keys(vis_cfg, PROCESSOR_SPLIT_KEYS, f"datasets.{self.name}.vis_processor")
+        check_keys(text_cfg, PROCESSOR_SPLIT_KEYS, f"datasets.{self.name}.text_processor")
+        vis_train = self._processor(vis_cfg, "vis_processor", "train", GoalImageTrainProcessor, "goal_image_train")
+        vis_eval = self._processor(vis_cfg, "vis_processor", "eval", GoalImageEvalProcessor, "goal_image_eval")
+        text_train = self._processor(text_cfg, "text_processor", "train", GoalCaptionProcessor, "goal_caption")
+        text_eval = self._processor(text_cfg, "text_processor", "eval", GoalCaptionProcessor, "goal_caption")
         return vis_train, vis_eval, text_train, text_eval
+
+    def _processor(self, section, section_name: str, split: str, processor_cls, expected_name: str):
+        # The datasets always use the box-aware GOAL processors. Another
+        # processor name would be silently ignored, so it is rejected.
+        cfg = section.get(split, None)
+        name = cfg.get("name", None) if cfg is not None else None
+        if name is not None and name != expected_name:
+            raise ValueError(
+                f"datasets.{self.name}.{section_name}.{split}.name is {name!r}, but the {self.name} datasets "
+                f"only work with {expected_name!r}; set name: {expected_name} or remove the key"
+            )
+        return processor_cls.from_config(cfg)
 
     def _tokenizer(self) -> SpanTokenizer:
         cfg = self.config.get("tokenizer", None)
@@ -118,7 +133,10 @@ class GoalJsonBuilder(GoalBuilderBase):
         return list(annotations.keys())
 
     def image_root(self):
+        check_keys(self.config.build_info, {"annotations", "images"}, f"datasets.{self.name}.build_info")
         images = self.config.build_info.get("images", None)
+        if images is not None:
+            check_keys(images, {"storage"}, f"datasets.{self.name}.build_info.images")
         root = images.get("storage", None) if images is not None else None
         if root is None:
             return None

@@ -20,21 +20,29 @@ from lavis_goal.text_spans import SpanTokenizer
 logger = logging.getLogger(__name__)
 
 
-def open_image(path: str, record_index: int) -> Image.Image:
+def open_image(path: str, record_index: int, source: str = "") -> Image.Image:
+    """Decode an image as RGB. Errors name the record by ``record_index`` and ``source``.
+
+    Building a dataset only reads each image's header, so a corrupt file is
+    first noticed here. NOTE: LAVIS 1.0.2 sets Pillow's
+    ``ImageFile.LOAD_TRUNCATED_IMAGES = True`` when its datasets are imported,
+    so a truncated file decodes without an error, its missing rows grey.
+    """
+    where = f"record {record_index} of {source}" if source else f"record {record_index}"
     try:
         with Image.open(path) as image:
             image.load()
             return to_rgb(image)
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"Image {path} of record {record_index} not found (it existed when the dataset was built)") from error
+        raise FileNotFoundError(f"Image {path} of {where} not found; it was moved or deleted after the dataset was built, or the dataset was built with check_images: false") from error
     except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"Image {path} of record {record_index} cannot be decoded ({error}); replace it or remove the record") from error
+        raise ValueError(f"Image {path} of {where} cannot be decoded ({error}); replace it or remove the record") from error
 
 
 class GoalTrainDataset(Dataset):
     """Image, long caption and up to ``top_k`` local (box, sentence) pairs per record.
 
-    Each item holds ``image (3, H, W)``, ``text_input (L,)`` and ``K = top_k``
+    Each item contains ``image (3, H, W)``, ``text_input (L,)`` and ``K = top_k``
     local slots: ``local_image (K, 3, H, W)``, ``local_text (K, L)``,
     ``local_valid (K,)``, ``region_box (K, 4)`` in input pixels,
     ``region_valid (K,)``, ``span (K, 2)`` and ``span_valid (K,)``. Records
@@ -43,6 +51,7 @@ class GoalTrainDataset(Dataset):
 
     def __init__(self, records: List[Record], vis_processor, local_processor, tokenizer: SpanTokenizer, top_k: int = 1, source: str = ""):
         self.records = records
+        self.source = source
         self.vis_processor = vis_processor
         self.local_processor = local_processor
         self.top_k = max(1, int(top_k))
@@ -80,7 +89,7 @@ class GoalTrainDataset(Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         record = self.records[index]
-        image = open_image(record.image_path, record.index)
+        image = open_image(record.image_path, record.index, self.source)
         pairs = record.pairs[: self.top_k]
 
         boxes = torch.zeros(self.top_k, 4)
@@ -120,6 +129,7 @@ class GoalRetrievalEvalDataset(Dataset):
 
     def __init__(self, records: List[Record], vis_processor, tokenizer: SpanTokenizer, source: str = ""):
         self.records = records
+        self.source = source
         self.vis_processor = vis_processor
         self.image = [r.image_path for r in records]
         self.text: List[torch.Tensor] = []
@@ -147,4 +157,4 @@ class GoalRetrievalEvalDataset(Dataset):
 
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         record = self.records[index]
-        return {"image": self.vis_processor(open_image(record.image_path, record.index)), "index": index}
+        return {"image": self.vis_processor(open_image(record.image_path, record.index, self.source)), "index": index}

@@ -2,7 +2,7 @@
 
 ``L = w_g * L_global + w_l * L_local + w_ti * L_tsl_image + w_tt * L_tsl_text``
 with the reference weights ``1.0, 0.5, 1.0, 1.0``. A weight of 0 switches a
-term off and skips its computation; the four ablations of the GOAL paper
+term off and skips its computation. The four ablations of the GOAL paper
 (global only, local only, without TSL, full GOAL) are four weight settings.
 
 Every term is a mean over the valid samples of the *global* batch, all ranks
@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lavis_goal.common import dist as goal_dist
+from lavis_goal.common.config_check import check_keys
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +59,7 @@ class GoalLossConfig:
     @classmethod
     def from_dict(cls, cfg: Optional[dict]) -> "GoalLossConfig":
         cfg = dict(cfg or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"Unknown key(s) {unknown} in model.loss; valid keys: {sorted(known)}")
+        check_keys(cfg, cls.__dataclass_fields__, "model.loss")
         return cls(**cfg)
 
 

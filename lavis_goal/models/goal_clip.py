@@ -86,6 +86,15 @@ class GoalCLIP(BaseModel):
             self.clip.positional_embedding.register_hook(self._zero_kept_position_grads)
         self._tokenizer = None
 
+    @classmethod
+    def default_config_path(cls, model_type):
+        if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
+            raise ValueError(
+                f"Unknown goal_clip model type {model_type!r}; valid types: "
+                f"{', '.join(sorted(cls.PRETRAINED_MODEL_CONFIG_DICT))}"
+            )
+        return cls.PRETRAINED_MODEL_CONFIG_DICT[model_type]
+
     # ----- construction -------------------------------------------------
 
     def _create_clip(self, model_name: str, pretrained: Optional[str], context_length: int) -> nn.Module:
@@ -238,7 +247,7 @@ class GoalCLIP(BaseModel):
     def forward(self, samples: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Compute the GOAL loss for a batch from ``GoalTrainDataset``.
 
-        ``samples`` holds ``image (B, 3, H, W)``, ``text_input (B, L)`` and,
+        ``samples`` contains ``image (B, 3, H, W)``, ``text_input (B, L)`` and,
         for the local terms, ``local_image (B, K, 3, H, W)``, ``local_text
         (B, K, L)``, ``local_valid (B, K)``, ``region_box (B, K, 4)`` in input
         pixels, ``region_valid (B, K)``, ``span (B, K, 2)`` and ``span_valid (B, K)``.

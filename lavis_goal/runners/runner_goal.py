@@ -10,7 +10,8 @@ Changes from LAVIS 1.0.2's runner:
   iteration;
 - checkpoints keep every parameter, are written atomically, and are read with
   ``weights_only=True``; ``checkpoint_best.pth`` follows ``best_metric`` on the
-  first validation split, and ``checkpoint_latest.pth`` allows resuming;
+  first validation split (the latest epoch when there is none), and
+  ``checkpoint_latest.pth`` allows resuming;
 - the output folder is resolved against the working directory and is unique
   per run.
 """
@@ -230,11 +231,13 @@ class GoalRunner(RunnerBase):
             if self.evaluate_only:
                 break
             if valid_split is None:
+                # Without validation the best checkpoint is the latest one. It contains
+                # the optimizer state, so it also serves for resuming.
                 self.best_epoch = epoch
                 improved = True
             if improved:
                 self._save_checkpoint(epoch, is_best=True)
-            if self.config.run_cfg.get("save_latest", True):
+            if valid_split is not None and self.config.run_cfg.get("save_latest", True):
                 self._save_checkpoint(epoch, is_best=False)
             goal_dist.barrier()
 
