@@ -77,3 +77,15 @@ def test_output_dirs_never_collide(tmp_path):
     assert first != second
     assert first.is_dir()
     assert second.is_dir()
+
+
+def test_global_only_run_skips_local_crops(tmp_path):
+    logs = _run(
+        train, tmp_path,
+        "model.loss.local_weight=0", "model.loss.tsl_image_weight=0", "model.loss.tsl_text_weight=0",
+    )
+    (run_dir,) = _only_run_dir(tmp_path)
+    lines = [json.loads(line) for line in (run_dir / "log.txt").read_text().splitlines() if line.startswith('{"train')]
+    assert lines[0]["train_loss_local"] == 0.0
+    assert lines[0]["train_loss_global"] > 0
+    assert "t2i_r1" in logs["test"]

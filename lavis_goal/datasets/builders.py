@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 DATASET_CONFIG_KEYS = {
     "data_type", "build_info", "vis_processor", "text_processor", "local_pairs", "skip_invalid_records",
-    "check_images", "tokenizer", "type",
+    "check_images", "tokenizer", "type", "load_local_pairs",
 }
 LOCAL_PAIR_KEYS = {"top_k", "min_score", "drop_whole_image"}
 PROCESSOR_SPLIT_KEYS = {"train", "eval"}
@@ -110,7 +110,10 @@ class GoalBuilderBase(BaseDatasetBuilder):
             options = self._options(text_train if is_train else text_eval, self.image_root())
             records, source = self.split_records(split, options)
             if is_train:
-                datasets[split] = GoalTrainDataset(records, vis_train, vis_eval, tokenizer, options.top_k, source=source)
+                datasets[split] = GoalTrainDataset(
+                    records, vis_train, vis_eval, tokenizer, options.top_k, source=source,
+                    load_local=bool(self.config.get("load_local_pairs", True)),
+                )
             else:
                 datasets[split] = GoalRetrievalEvalDataset(records, vis_eval, tokenizer, source=source)
         return datasets

@@ -49,8 +49,11 @@ class GoalTrainDataset(Dataset):
     with fewer pairs fill the remaining slots with invalid entries.
     """
 
-    def __init__(self, records: List[Record], vis_processor, local_processor, tokenizer: SpanTokenizer, top_k: int = 1, source: str = ""):
+    def __init__(self, records: List[Record], vis_processor, local_processor, tokenizer: SpanTokenizer, top_k: int = 1,
+                 source: str = "", load_local: bool = True):
         self.records = records
+        # Without local terms in the loss (global-only training) items skip the crops.
+        self.load_local = load_local
         self.source = source
         self.vis_processor = vis_processor
         self.local_processor = local_processor
@@ -90,6 +93,8 @@ class GoalTrainDataset(Dataset):
     def __getitem__(self, index: int) -> Dict[str, torch.Tensor]:
         record = self.records[index]
         image = open_image(record.image_path, record.index, self.source)
+        if not self.load_local:
+            return {"image": self.vis_processor(image), "text_input": self.caption_tokens[index].long(), "index": index}
         pairs = record.pairs[: self.top_k]
 
         boxes = torch.zeros(self.top_k, 4)

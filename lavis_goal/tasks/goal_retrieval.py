@@ -15,6 +15,7 @@ from tqdm import tqdm
 from lavis_goal.common import dist as goal_dist
 from lavis_goal.common.config_check import check_keys
 from lavis_goal.common.io import atomic_write_text
+from lavis_goal.losses import GoalLossConfig
 from lavis_goal.tasks.retrieval_metrics import DEFAULT_RECALL_K, retrieval_metrics
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,10 @@ class GoalRetrievalTask(BaseTask):
                         "model_name": model_cfg.model_name,
                         "context_length": int(model_cfg.get("context_length", 248)),
                     }
+            if dataset_cfg.get("load_local_pairs", None) is None:
+                loss = GoalLossConfig.from_dict(_to_dict(model_cfg.get("loss", None)))
+                with _writable(dataset_cfg):
+                    dataset_cfg.load_local_pairs = loss.uses_local_inputs
             builder_cls = registry.get_builder_class(name)
             if builder_cls is None:
                 raise ValueError(f"Unknown dataset {name!r}; registered: {sorted(registry.mapping['builder_name_mapping'])}")
@@ -189,6 +194,12 @@ class GoalRetrievalTask(BaseTask):
             logger.info("%s retrieval (epoch %s): %s -> %s", split_name, epoch,
                         " ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.startswith(("t2i_r", "i2t_r"))), path)
         return metrics
+
+
+def _to_dict(node):
+    if node is None or isinstance(node, dict):
+        return node
+    return OmegaConf.to_container(node, resolve=True)
 
 
 class _writable:
