@@ -89,3 +89,26 @@ def test_global_only_run_skips_local_crops(tmp_path):
     assert lines[0]["train_loss_local"] == 0.0
     assert lines[0]["train_loss_global"] > 0
     assert "t2i_r1" in logs["test"]
+
+
+def test_torchrun_two_ranks_on_cpu(tmp_path):
+    """Two gloo ranks under torchrun train the demo for one epoch and write the results once."""
+    import os
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [
+        str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "lavis_goal.train",
+        "--cfg-path", str(REPO / "projects" / "goal"),
+        "--options", f"run.output_dir={tmp_path / 'out'}", "run.max_epoch=1", "run.batch_size_train=3",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    (run_dir,) = _only_run_dir(tmp_path)
+    assert (run_dir / "checkpoint_best.pth").is_file()
+    metrics = json.loads((run_dir / "result" / "test_best.json").read_text())
+    assert metrics["n_images"] == 6
+    assert "Retrieval on test" in result.stdout
