@@ -49,7 +49,7 @@ def test_registry_lists_plugin_classes():
     assert registry.get_runner_class("runner_goal") is not None
     assert registry.get_lr_scheduler_class("goal_cosine_iter") is not None
     zoo = dict(iter(lavis_goal.model_zoo))
-    assert zoo["goal_clip"] == ["tiny", "vitb16", "vitl14"]
+    assert {"tiny", "vitb16", "vitl14"} <= set(zoo["goal_clip"])
     assert "goal_clip" in str(lavis_goal.model_zoo)
 
 

@@ -8,9 +8,10 @@ learning (TSL) pools inside a box or a sentence span and sends through the
 same LayerNorm and projection.
 """
 
+import fnmatch
 import logging
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import open_clip
@@ -25,7 +26,7 @@ from lavis_goal.common import dist as goal_dist
 from lavis_goal.common.config_check import check_keys
 from lavis_goal.geometry import boxes_to_patch_mask
 from lavis_goal.losses import GoalLoss, GoalLossConfig
-from lavis_goal.models.checkpoints import extract_state_dict, load_checkpoint_file
+from lavis_goal.models.convert import OpenClipState, default_quick_gelu, read_checkpoint
 from lavis_goal.models.long_text import causal_mask, stretch_positional_embedding
 from lavis_goal.paths import OPEN_CLIP_CONFIGS, plugin_config
 from lavis_goal.text_spans import SpanTokenizer, spans_to_token_mask
@@ -37,6 +38,7 @@ open_clip.add_model_config(OPEN_CLIP_CONFIGS)
 MODEL_CONFIG_KEYS = {
     "arch", "model_type", "model_name", "pretrained", "finetuned", "load_finetuned", "load_pretrained",
     "context_length", "keep_positions", "freeze_kept_positions", "loss", "allow_pickle", "preprocess",
+    "quick_gelu", "allowed_missing_keys", "allowed_unexpected_keys",
 }
 
 
@@ -46,18 +48,29 @@ class GoalCLIP(BaseModel):
 
     Args:
         model_name: an open_clip architecture (``ViT-B-16``, ``ViT-L-14``, ``goal-tiny-vit``...).
-        pretrained: an open_clip pretrained tag (downloaded by open_clip) or a
-            local checkpoint path (loaded offline); None for random weights.
+        pretrained: an open_clip pretrained tag (downloaded by open_clip), or a
+            local checkpoint file or folder (loaded offline) in any format that
+            ``lavis_goal.models.convert`` detects: transformers ``CLIPModel``,
+            Long-CLIP, OpenAI or open_clip CLIP, or this project's; None for
+            random weights.
         context_length: text positions after stretching (248 in GOAL and Long-CLIP).
         keep_positions: leading positions copied unchanged by the stretch (20).
         freeze_kept_positions: keep those positions fixed during training, as
             Long-CLIP does; GOAL trains all positions.
         loss: weights of the GOAL terms, see ``GoalLossConfig``.
         allow_pickle: load checkpoints with full pickle support (trusted files only).
+        quick_gelu: build the MLPs with QuickGELU (True) or GELU (False); None
+            takes it from the pretrained weights where they record it (see
+            ``default_quick_gelu``), else from the architecture.
+        allowed_missing_keys: glob patterns of model keys (``clip.*`` names)
+            that a checkpoint may lack; they keep their current values.
+        allowed_unexpected_keys: glob patterns of checkpoint keys, as the
+            loading error names them, that are ignored.
     """
 
     PRETRAINED_MODEL_CONFIG_DICT = {
         "tiny": plugin_config("models/goal_clip_tiny.yaml"),
+        "tiny64": plugin_config("models/goal_clip_tiny64.yaml"),
         "vitb16": plugin_config("models/goal_clip_vitb16.yaml"),
         "vitl14": plugin_config("models/goal_clip_vitl14.yaml"),
     }
@@ -71,16 +84,21 @@ class GoalCLIP(BaseModel):
         freeze_kept_positions: bool = False,
         loss: Optional[dict] = None,
         allow_pickle: bool = False,
+        quick_gelu: Optional[bool] = None,
+        allowed_missing_keys: Sequence[str] = (),
+        allowed_unexpected_keys: Sequence[str] = (),
     ):
         super().__init__()
         self.model_name = model_name
         self.allow_pickle = allow_pickle
+        self.allowed_missing_keys = _patterns(allowed_missing_keys, "allowed_missing_keys")
+        self.allowed_unexpected_keys = _patterns(allowed_unexpected_keys, "allowed_unexpected_keys")
         self.keep_positions = keep_positions
         self.freeze_kept_positions = freeze_kept_positions
         self.loss_cfg = GoalLossConfig.from_dict(loss)
         self.loss_fn = GoalLoss(self.loss_cfg)
 
-        self.clip = self._create_clip(model_name, pretrained, context_length)
+        self.clip = self._create_clip(model_name, pretrained, context_length, quick_gelu)
         self._check_supported()
         if freeze_kept_positions:
             self.clip.positional_embedding.register_hook(self._zero_kept_position_grads)
@@ -97,42 +115,83 @@ class GoalCLIP(BaseModel):
 
     # ----- construction -------------------------------------------------
 
-    def _create_clip(self, model_name: str, pretrained: Optional[str], context_length: int) -> nn.Module:
+    def _create_clip(
+        self, model_name: str, pretrained: Optional[str], context_length: int, quick_gelu: Optional[bool]
+    ) -> nn.Module:
         if model_name not in open_clip.list_models():
             raise ValueError(
                 f"Unknown open_clip architecture {model_name!r} in model.model_name; "
                 "see open_clip.list_models() for the valid names"
             )
-        is_file = bool(pretrained) and os.path.isfile(str(pretrained))
-        tag = None if (not pretrained or is_file) else pretrained
-        if pretrained and not is_file and (os.sep in str(pretrained) or str(pretrained).endswith((".pt", ".pth", ".bin", ".safetensors"))):
-            raise FileNotFoundError(f"model.pretrained {pretrained!r} looks like a path but no such file exists")
+        tag, source = self._read_pretrained(pretrained)
+        if quick_gelu is None:
+            quick_gelu = default_quick_gelu(model_name, tag, source)
+        options = {} if quick_gelu is None else {"quick_gelu": bool(quick_gelu)}
+        clip = open_clip.create_model(model_name, pretrained=tag, **options)
+        self.quick_gelu = isinstance(clip.transformer.resblocks[0].mlp.gelu, open_clip.transformer.QuickGELU)
+        self.architecture_context_length = clip.positional_embedding.shape[0]
 
-        clip = open_clip.create_model(model_name, pretrained=tag)
-        state_dict = None
-        if is_file:
-            state_dict = extract_state_dict(load_checkpoint_file(pretrained, self.allow_pickle), pretrained)
-            state_dict = {k[len("clip.") :] if k.startswith("clip.") else k: v for k, v in state_dict.items()}
-
-        original_length = clip.positional_embedding.shape[0]
-        if state_dict is not None and state_dict["positional_embedding"].shape[0] == original_length:
-            self._load_clip_state(clip, state_dict, pretrained)
-            state_dict = None
+        # A checkpoint with the architecture's text length is loaded, then
+        # stretched. One with any other length is loaded after stretching.
+        pending = source
+        if source is not None and _text_length(source) == self.architecture_context_length:
+            self._load_strict(clip, source, pretrained)
+            pending = None
         self._set_context_length(clip, context_length)
-        if state_dict is not None:
-            self._load_clip_state(clip, state_dict, pretrained)
-        if is_file or tag:
-            logger.info("Loaded pretrained %s weights from %s", model_name, pretrained)
+        if pending is not None:
+            self._load_strict(clip, pending, pretrained)
+        if source is not None or tag:
+            origin = f"{source.source_format} checkpoint " if source is not None else "open_clip tag "
+            logger.info(
+                "Loaded pretrained %s weights from %s%s (QuickGELU: %s)", model_name, origin, pretrained, self.quick_gelu
+            )
         return clip
 
-    @staticmethod
-    def _load_clip_state(clip: nn.Module, state_dict: Dict[str, torch.Tensor], path: str) -> None:
-        result = clip.load_state_dict(state_dict, strict=False)
-        if result.missing_keys or result.unexpected_keys:
+    def _read_pretrained(self, pretrained: Optional[str]) -> Tuple[Optional[str], Optional[OpenClipState]]:
+        """Split ``model.pretrained`` into an open_clip tag or a checkpoint read from disk."""
+        if not pretrained:
+            return None, None
+        pretrained = str(pretrained)
+        if os.path.exists(pretrained):
+            return None, read_checkpoint(pretrained, self.allow_pickle)
+        if os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
+            raise FileNotFoundError(f"model.pretrained {pretrained!r} looks like a path but no such file exists")
+        return pretrained, None
+
+    def _load_strict(self, clip: nn.Module, source: OpenClipState, path: str):
+        """Load ``source`` into ``clip``; missing or unexpected keys raise unless the config allows them."""
+        expected = clip.state_dict()
+        state_dict = source.state_dict
+        mismatched = [
+            f"clip.{k}: checkpoint {tuple(v.shape)}, model {tuple(expected[k].shape)}"
+            for k, v in state_dict.items()
+            if k in expected and v.shape != expected[k].shape
+        ]
+        if mismatched:
             raise ValueError(
-                f"Checkpoint {path} does not match the open_clip model: missing keys "
-                f"{result.missing_keys[:10]}, unexpected keys {result.unexpected_keys[:10]}"
+                f"Checkpoint {path} ({source.source_format}) does not fit goal_clip({self.model_name}, "
+                f"context_length={clip.positional_embedding.shape[0]}): shapes differ for {mismatched[:10]}"
+                f"{_more(mismatched)}. "
+                "Set model.model_name to the checkpoint's architecture and model.context_length to its text length"
             )
+
+        missing = [f"clip.{k}" for k in expected if k not in state_dict]
+        unexpected = [f"clip.{k}" for k in state_dict if k not in expected] + list(source.unmapped_keys)
+        bad_missing = [k for k in missing if not _matches_any(k, self.allowed_missing_keys)]
+        bad_unexpected = [k for k in unexpected if not _matches_any(k, self.allowed_unexpected_keys)]
+        if bad_missing or bad_unexpected:
+            raise ValueError(
+                f"Checkpoint {path} ({source.source_format}) does not match goal_clip({self.model_name}): "
+                f"missing keys {bad_missing[:10]}, unexpected keys {bad_unexpected[:10]}"
+                f"{_more(bad_missing, bad_unexpected)}. Check model.model_name, or list the keys (glob patterns) "
+                "in model.allowed_missing_keys / model.allowed_unexpected_keys to load anyway"
+            )
+        if missing or unexpected:
+            logger.warning(
+                "Checkpoint %s: allowed missing keys %s keep their current values; allowed unexpected keys %s are ignored",
+                path, missing, unexpected,
+            )
+        return clip.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=False)
 
     def _set_context_length(self, clip: nn.Module, context_length: int) -> None:
         stretched = stretch_positional_embedding(clip.positional_embedding, context_length, self.keep_positions)
@@ -367,39 +426,83 @@ class GoalCLIP(BaseModel):
     # ----- checkpoints and config ----------------------------------------
 
     def load_checkpoint(self, url_or_filename: str):
-        """Load a checkpoint written by this project (LAVIS's ``{"model": ...}`` or a bare state dict), strictly."""
-        state_dict = extract_state_dict(load_checkpoint_file(url_or_filename, self.allow_pickle), url_or_filename)
-        result = self.load_state_dict(state_dict, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
-                f"Checkpoint {url_or_filename} does not match goal_clip({self.model_name}, "
-                f"context_length={self.context_length}): missing keys {result.missing_keys[:10]}, "
-                f"unexpected keys {result.unexpected_keys[:10]}"
+        """Load fine-tuned weights in any supported format, strictly (see ``allowed_missing_keys``).
+
+        A checkpoint with the architecture's text length is stretched to
+        ``context_length`` first, as a pretrained one is.
+        """
+        source = read_checkpoint(url_or_filename, self.allow_pickle)
+        return self._load_finetuned(source, url_or_filename)
+
+    def _load_finetuned(self, source: OpenClipState, path: str):
+        positions = source.state_dict.get("positional_embedding")
+        if positions is not None and positions.shape[0] == self.architecture_context_length != self.context_length:
+            stretched = stretch_positional_embedding(positions, self.context_length, self.keep_positions)
+            source = OpenClipState(
+                {**source.state_dict, "positional_embedding": stretched}, source.source_format, source.unmapped_keys
             )
-        logger.info("Loaded fine-tuned weights from %s", url_or_filename)
+        result = self._load_strict(self.clip, source, path)
+        logger.info("Loaded fine-tuned weights from %s checkpoint %s", source.source_format, path)
         return result
 
     @classmethod
     def from_config(cls, cfg):
         check_keys(cfg, MODEL_CONFIG_KEYS, "model")
-        loss = cfg.get("loss", None)
-        if loss is not None and not isinstance(loss, dict):
-            from omegaconf import OmegaConf
+        loss = _to_container(cfg.get("loss", None))
+        allow_pickle = bool(cfg.get("allow_pickle", False))
+        pretrained = cfg.get("pretrained", None)
+        quick_gelu = cfg.get("quick_gelu", None)
 
-            loss = OmegaConf.to_container(loss, resolve=True)
+        finetuned = cfg.get("finetuned", None) if cfg.get("load_finetuned", True) else None
+        finetuned_source = read_checkpoint(finetuned, allow_pickle) if finetuned else None
+        if quick_gelu is None and not pretrained and finetuned_source is not None:
+            # Without pretrained weights, the fine-tuned ones decide the activation.
+            quick_gelu = default_quick_gelu(cfg.model_name, None, finetuned_source)
+
         model = cls(
             model_name=cfg.model_name,
-            pretrained=cfg.get("pretrained", None),
+            pretrained=pretrained,
             context_length=int(cfg.get("context_length", 248)),
             keep_positions=int(cfg.get("keep_positions", 20)),
             freeze_kept_positions=bool(cfg.get("freeze_kept_positions", False)),
             loss=loss,
-            allow_pickle=bool(cfg.get("allow_pickle", False)),
+            allow_pickle=allow_pickle,
+            quick_gelu=None if quick_gelu is None else bool(quick_gelu),
+            allowed_missing_keys=_to_container(cfg.get("allowed_missing_keys", None)) or (),
+            allowed_unexpected_keys=_to_container(cfg.get("allowed_unexpected_keys", None)) or (),
         )
-        finetuned = cfg.get("finetuned", None)
-        if finetuned and cfg.get("load_finetuned", True):
-            model.load_checkpoint(finetuned)
+        if finetuned_source is not None:
+            model._load_finetuned(finetuned_source, finetuned)
         return model
+
+
+def _to_container(value):
+    """Return plain Python containers for an OmegaConf node; other values unchanged."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _patterns(value, name: str) -> List[str]:
+    if isinstance(value, str) or not all(isinstance(p, str) for p in value):
+        raise ValueError(f"model.{name} must be a list of glob patterns (strings), got {value!r}")
+    return list(value)
+
+
+def _matches_any(key: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in patterns)
+
+
+def _more(*key_lists) -> str:
+    hidden = sum(max(0, len(keys) - 10) for keys in key_lists)
+    return f" and {hidden} more" if hidden else ""
+
+
+def _text_length(source: OpenClipState) -> Optional[int]:
+    positions = source.state_dict.get("positional_embedding")
+    return None if positions is None else positions.shape[0]
 
 
 def _masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
