@@ -148,8 +148,8 @@ def parse_config_name(name: str):
     return dataset, backbone, variant
 
 
-def test_config_folder_has_sixteen_files():
-    found = sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+def test_config_folder_has_sixteen_clip_files():
+    found = sorted(path.stem for path in CONFIG_DIR.glob("*_vit*.yaml"))
     assert found == sorted(CONFIG_NAMES)
 
 

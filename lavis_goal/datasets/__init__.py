@@ -1,4 +1,5 @@
 from lavis_goal.datasets.builders import GoalDemoBuilder, GoalJsonBuilder
 from lavis_goal.datasets.goal_datasets import GoalRetrievalEvalDataset, GoalTrainDataset
+from lavis_goal.datasets import benchmarks  # noqa: F401  registers the benchmark builders
 
 __all__ = ["GoalDemoBuilder", "GoalJsonBuilder", "GoalRetrievalEvalDataset", "GoalTrainDataset"]
