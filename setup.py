@@ -15,7 +15,7 @@ setup(
     packages=find_packages(include=["lavis_goal", "lavis_goal.*"]) + ["lavis_goal.plugin_configs"],
     package_dir={"lavis_goal.plugin_configs": "plugin_configs"},
     package_data={
-        "lavis_goal": ["models/model_configs/*.json", "datasets/demo/*.json"],
+        "lavis_goal": ["models/model_configs/*.json", "datasets/demo/*.json", "models/blip2_assets/*.json", "models/blip2_assets/*/*"],
         "lavis_goal.plugin_configs": ["models/*.yaml", "datasets/*/*.yaml"],
     },
     install_requires=[
@@ -31,5 +31,5 @@ setup(
         "Pillow",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "hypothesis"]},
+    extras_require={"dev": ["pytest", "hypothesis"], "sam": ["segment-anything"]},
 )

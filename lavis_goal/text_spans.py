@@ -6,6 +6,7 @@ the text encoder sees: position 0 is the start token, so the first caption
 token sits at position 1.
 """
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Callable, List, Sequence, Tuple
@@ -58,20 +59,22 @@ class EncodedCaption:
 
 
 class SpanTokenizer:
-    """Encode captions and locate sentence spans with a BPE tokenizer.
+    """Encode captions and locate sentence spans with a BPE or WordPiece tokenizer.
 
     Args:
         encode: text to content token ids, without start and end tokens
             (``open_clip.tokenizer.SimpleTokenizer.encode``).
-        sot_id, eot_id: start and end token ids.
+        sot_id, eot_id: start and end token ids (``[CLS]`` and ``[SEP]`` for BERT).
         context_length: the text encoder's number of positions (248 after stretching).
+        pad_id: the id that fills positions after the end token.
     """
 
-    def __init__(self, encode: Callable[[str], List[int]], sot_id: int, eot_id: int, context_length: int):
+    def __init__(self, encode: Callable[[str], List[int]], sot_id: int, eot_id: int, context_length: int, pad_id: int = 0):
         self.encode = encode
         self.sot_id = sot_id
         self.eot_id = eot_id
         self.context_length = context_length
+        self.pad_id = pad_id
 
     @classmethod
     def from_open_clip(cls, model_name: str, context_length: int) -> "SpanTokenizer":
@@ -87,12 +90,24 @@ class SpanTokenizer:
             )
         return cls(inner, tokenizer.sot_token_id, tokenizer.eot_token_id, context_length)
 
+    @classmethod
+    def from_bert(cls, tokenizer, context_length: int) -> "SpanTokenizer":
+        """Wrap a ``transformers`` BERT tokenizer, as BLIP-2's Q-Former uses.
+
+        WordPiece splits text at whitespace and punctuation before it splits
+        words, so sentences cut at whitespace tokenize to exactly the ids of
+        the whole caption. Padding and truncation match the tokenizer's own
+        ``padding="max_length", truncation=True``.
+        """
+        encode = functools.partial(_wordpiece_ids, tokenizer)
+        return cls(encode, tokenizer.cls_token_id, tokenizer.sep_token_id, context_length, pad_id=tokenizer.pad_token_id)
+
     @property
     def max_content_tokens(self) -> int:
         return self.context_length - 2
 
     def pad(self, ids: Sequence[int]) -> torch.Tensor:
-        """Return ``(context_length,)`` tokens: start, ids, end, zeros; truncated like open_clip.
+        """Return ``(context_length,)`` tokens: start, ids, end, ``pad_id``; truncated like open_clip.
 
         open_clip keeps the first ``context_length`` tokens and writes the end
         token into the last position, so at most ``context_length - 2`` content
@@ -102,7 +117,7 @@ class SpanTokenizer:
         if len(tokens) > self.context_length:
             tokens = tokens[: self.context_length]
             tokens[-1] = self.eot_id
-        out = torch.zeros(self.context_length, dtype=torch.long)
+        out = torch.full((self.context_length,), self.pad_id, dtype=torch.long)
         out[: len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         return out
 
@@ -133,6 +148,10 @@ class SpanTokenizer:
             return 0, 0, "truncated"
         # +1 for the start token at position 0.
         return head + 1, tail + 1, "ok"
+
+
+def _wordpiece_ids(tokenizer, text: str) -> List[int]:
+    return tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text))
 
 
 def spans_to_token_mask(spans: torch.Tensor, valid: torch.Tensor, length: int) -> torch.Tensor:

@@ -29,6 +29,9 @@ DATASET_CONFIG_KEYS = {
 }
 LOCAL_PAIR_KEYS = {"top_k", "min_score", "drop_whole_image"}
 PROCESSOR_SPLIT_KEYS = {"train", "eval"}
+# tokenizer.kind "open_clip" (the default) reads tokenizer.model_name, a CLIP BPE
+# tokenizer. "bert" reads tokenizer.bert, the WordPiece vocabulary of BLIP-2's Q-Former.
+TOKENIZER_KINDS = ("open_clip", "bert")
 _TOKENIZERS: Dict[tuple, SpanTokenizer] = {}
 
 
@@ -36,6 +39,16 @@ def get_span_tokenizer(model_name: str, context_length: int) -> SpanTokenizer:
     key = (model_name, int(context_length))
     if key not in _TOKENIZERS:
         _TOKENIZERS[key] = SpanTokenizer.from_open_clip(model_name, int(context_length))
+    return _TOKENIZERS[key]
+
+
+def get_bert_span_tokenizer(bert: str, context_length: int) -> SpanTokenizer:
+    """Return the span tokenizer of a BLIP-2 Q-Former BERT (``bert-base-uncased``, ``goal-tiny-bert`` or a folder)."""
+    from lavis_goal.models.blip2.backbones import build_bert_tokenizer
+
+    key = ("bert", bert, int(context_length))
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = SpanTokenizer.from_bert(build_bert_tokenizer(bert), int(context_length))
     return _TOKENIZERS[key]
 
 
@@ -75,6 +88,11 @@ class GoalBuilderBase(BaseDatasetBuilder):
 
     def _tokenizer(self) -> SpanTokenizer:
         cfg = self.config.get("tokenizer", None)
+        kind = cfg.get("kind", "open_clip") if cfg is not None else "open_clip"
+        if kind not in TOKENIZER_KINDS:
+            raise ValueError(f"datasets.{self.name}.tokenizer.kind is {kind!r}; use one of {', '.join(TOKENIZER_KINDS)}")
+        if kind == "bert":
+            return get_bert_span_tokenizer(str(cfg.get("bert", "bert-base-uncased")), int(cfg.get("context_length", 512)))
         if cfg is None or cfg.get("model_name", None) is None:
             raise ValueError(
                 f"datasets.{self.name}.tokenizer.model_name is not set; the goal_retrieval task fills it from "

@@ -9,6 +9,11 @@ Every term is a mean over the valid samples of the *global* batch, all ranks
 together. Each rank returns ``world_size * (its share of the sum) / count``,
 so DistributedDataParallel's gradient averaging reproduces the gradient of a
 single process that saw the whole batch.
+
+Image embeddings are ``(B, D)`` vectors (CLIP) or ``(B, Q, D)`` sets of query
+embeddings (BLIP-2's Q-Former). A query set is scored against a text
+embedding by the maximum over its queries, as BLIP-2's image-text
+contrastive loss does, and two query sets are compared query by query.
 """
 
 import logging
@@ -77,13 +82,20 @@ def _global_mean(per_sample: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return total * goal_dist.get_world_size() / count
 
 
+def query_max_similarity(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Score ``(B, Q, D)`` query sets against ``(C, D)`` text embeddings: ``(B, C)``, the max over queries."""
+    return torch.einsum("bqd,cd->bcq", image, text).amax(dim=-1)
+
+
 def contrastive_loss(
     image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, valid: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    """Symmetric InfoNCE between L2-normalized ``(B, D)`` image and text embeddings.
+    """Symmetric InfoNCE between L2-normalized image and ``(B, D)`` text embeddings.
 
-    Columns come from every rank (gathered with gradient); rows are this
-    rank's samples. Invalid samples are neither rows nor columns.
+    ``image`` is ``(B, D)``, or ``(B, Q, D)`` query embeddings scored with
+    ``query_max_similarity``. Columns come from every rank (gathered with
+    gradient); rows are this rank's samples. Invalid samples are neither rows
+    nor columns.
     """
     batch = image.shape[0]
     if valid is None:
@@ -93,8 +105,12 @@ def contrastive_loss(
     all_text = goal_dist.all_gather_with_grad(text)
     all_valid = goal_dist.all_gather_no_grad(valid)
 
-    logits_i2t = logit_scale * image @ all_text.T  # (B, world * B)
-    logits_t2i = logit_scale * text @ all_image.T
+    if image.ndim == 3:
+        logits_i2t = logit_scale * query_max_similarity(image, all_text)  # (B, world * B)
+        logits_t2i = logit_scale * query_max_similarity(all_image, text).T
+    else:
+        logits_i2t = logit_scale * image @ all_text.T  # (B, world * B)
+        logits_t2i = logit_scale * text @ all_image.T
     column_mask = ~all_valid[None, :]
     logits_i2t = logits_i2t.masked_fill(column_mask, float("-inf"))
     logits_t2i = logits_t2i.masked_fill(column_mask, float("-inf"))
@@ -117,23 +133,32 @@ def tsl_loss(pooled: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, mo
 
     Args:
         pooled: ``(B, D)`` projected means of the region's patch tokens or the
-            sentence's caption tokens.
-        target: ``(B, D)`` embeddings of the crop or sentence encoded alone.
+            sentence's caption tokens, or ``(B, Q, D)`` query embeddings (BLIP-2).
+        target: embeddings of the crop or sentence encoded alone, the same shape as ``pooled``.
         valid: ``(B,)`` False where the box left the image or the span was truncated.
         mode: ``"diagonal"``: ``(1 - cos(pooled_b, target_b))^2``; ``"matrix"``:
             mean over valid columns ``c`` of ``(cos(pooled_b, target_c) - [b == c])^2``.
+            For query sets ``cos`` is the mean over ``q`` of ``cos(pooled_bq, target_cq)``.
 
     Gradients flow into both arguments.
     """
+    if pooled.ndim == 3 and pooled.shape[1:] != target.shape[1:]:
+        raise ValueError(f"TSL query sets must have the same shape, got {tuple(pooled.shape)} and {tuple(target.shape)}")
     pooled = F.normalize(pooled, dim=-1)
     target = F.normalize(target, dim=-1)
     if mode == "diagonal":
-        per_row = (1.0 - (pooled * target).sum(-1)).pow(2)
+        cosine = (pooled * target).sum(-1)
+        if cosine.ndim == 2:  # (B, Q) query-wise cosines
+            cosine = cosine.mean(-1)
+        per_row = (1.0 - cosine).pow(2)
         return _global_mean(per_row, valid)
 
     all_target = goal_dist.all_gather_with_grad(target)
     all_valid = goal_dist.all_gather_no_grad(valid)
-    cosine = pooled @ all_target.T  # (B, world * B)
+    if pooled.ndim == 3:
+        cosine = torch.einsum("bqd,cqd->bc", pooled, all_target) / pooled.shape[1]
+    else:
+        cosine = pooled @ all_target.T  # (B, world * B)
     identity = torch.zeros_like(cosine)
     rows = torch.arange(pooled.shape[0], device=pooled.device)
     identity[rows, rows + goal_dist.get_rank() * pooled.shape[0]] = 1.0
@@ -147,8 +172,9 @@ class GoalLoss(nn.Module):
 
     ``forward`` takes L2-normalized embeddings (``(B, D)`` global, ``(M, D)``
     local with ``M = B * k`` local pairs) and projected, unnormalized pooled
-    features of the same ``(M, D)`` shape. Missing inputs are allowed only for
-    terms whose weight is 0.
+    features of the same ``(M, D)`` shape. Image embeddings and
+    ``region_pooled`` may instead be ``(B, Q, D)`` and ``(M, Q, D)`` query
+    sets. Missing inputs are allowed only for terms whose weight is 0.
     """
 
     def __init__(self, cfg: GoalLossConfig):

@@ -1,6 +1,7 @@
 from lavis.common.registry import registry
 
 from lavis_goal.models.goal_clip import GoalCLIP
+from lavis_goal.models.goal_blip2 import GoalBlip2
 
 
 class PluginModelZoo:
@@ -28,4 +29,4 @@ class PluginModelZoo:
 
 model_zoo = PluginModelZoo()
 
-__all__ = ["GoalCLIP", "model_zoo"]
+__all__ = ["GoalBlip2", "GoalCLIP", "model_zoo"]

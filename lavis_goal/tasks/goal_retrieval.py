@@ -72,12 +72,9 @@ class GoalRetrievalTask(BaseTask):
         for name in cfg.datasets_cfg:
             dataset_cfg = cfg.datasets_cfg[name]
             tokenizer = dataset_cfg.get("tokenizer", None)
-            if tokenizer is None or tokenizer.get("model_name", None) is None:
+            if tokenizer is None or (tokenizer.get("model_name", None) is None and tokenizer.get("kind", None) is None):
                 with _writable(dataset_cfg):
-                    dataset_cfg.tokenizer = {
-                        "model_name": model_cfg.model_name,
-                        "context_length": int(model_cfg.get("context_length", 248)),
-                    }
+                    dataset_cfg.tokenizer = _span_tokenizer_config(model_cfg)
             if dataset_cfg.get("load_local_pairs", None) is None:
                 loss = GoalLossConfig.from_dict(_to_dict(model_cfg.get("loss", None)))
                 with _writable(dataset_cfg):
@@ -194,6 +191,19 @@ class GoalRetrievalTask(BaseTask):
             logger.info("%s retrieval (epoch %s): %s -> %s", split_name, epoch,
                         " ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.startswith(("t2i_r", "i2t_r"))), path)
         return metrics
+
+
+def _span_tokenizer_config(model_cfg) -> dict:
+    """Return the datasets' ``tokenizer`` section for the model.
+
+    A model class with a ``span_tokenizer_config(model_cfg)`` classmethod
+    (``goal_blip2``) chooses its own; other models get the open_clip
+    tokenizer of ``model_name`` at ``context_length`` positions.
+    """
+    model_cls = registry.get_model_class(model_cfg.get("arch", None))
+    if model_cls is not None and hasattr(model_cls, "span_tokenizer_config"):
+        return model_cls.span_tokenizer_config(model_cfg)
+    return {"model_name": model_cfg.model_name, "context_length": int(model_cfg.get("context_length", 248))}
 
 
 def _to_dict(node):
