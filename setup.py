@@ -31,5 +31,5 @@ setup(
         "Pillow",
         "tqdm",
     ],
-    extras_require={"dev": ["pytest", "hypothesis"], "sam": ["segment-anything"]},
+    extras_require={"dev": ["pytest", "hypothesis", "segment-anything"], "sam": ["segment-anything"]},
 )
