@@ -503,7 +503,7 @@ def main(argv=None) -> List[dict]:
         output_dir = Path.cwd() / output_dir
     output_dir = output_dir / args.section
     meta = {
-        "command": "python benchmarks/ablation_synthetic.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python benchmarks/ablation_synthetic.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine_description(),
         "workers": workers,
         "threads_per_worker": threads,
