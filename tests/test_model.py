@@ -74,7 +74,27 @@ def test_encoders_match_open_clip(model):
         assert torch.allclose(image_embeds, model.clip.encode_image(batch["image"]), atol=1e-6)
         assert torch.allclose(text_embeds, model.clip.encode_text(batch["text_input"]), atol=1e-6)
     assert patch_tokens.shape == (2, 49, 64)
-    assert text_tokens.shape == (2, 248, 64)
+    end = int(batch["text_input"][0].argmax())
+    assert text_tokens.shape == (2, end + 1, 64)
+
+
+def test_text_tokens_stop_at_the_last_end_token(model):
+    # Two captions of different lengths and one that fills all 248 positions:
+    # the trimmed forward pass gives the same tokens as all positions do.
+    short = model.tokenizer.encode_caption("A cat.").tokens
+    longer = model.tokenizer.encode_caption("A red ball lies on green grass. " * 4).tokens
+    full = model.tokenizer.encode_caption("A red ball lies on green grass. " * 60).tokens
+    clip = model.clip
+    for texts in (torch.stack([short, longer]), torch.stack([short, full])):
+        with torch.no_grad():
+            embeds, tokens = model.encode_text_tokens(texts)
+            x = clip.token_embedding(texts) + clip.positional_embedding
+            untrimmed = clip.transformer(x, attn_mask=clip.attn_mask)
+            assert torch.allclose(embeds, clip.encode_text(texts), atol=1e-5)
+        length = int(texts.argmax(dim=-1).max()) + 1
+        assert tokens.shape[1] == length
+        assert torch.allclose(tokens, untrimmed[:, :length], atol=1e-5)
+    assert length == 248
 
 
 def test_gradients_reach_both_encoders_and_positions(model):

@@ -43,7 +43,7 @@ from lavis_goal.models.blip2.backbones import (
 )
 from lavis_goal.models.blip2.retrieval import rerank_with_itm, similarity_matrix
 from lavis_goal.models.checkpoints import extract_state_dict, load_checkpoint_file
-from lavis_goal.models.goal_clip import _eval_autocast, _gather_rows, _masked_mean
+from lavis_goal.models.features import eval_autocast, gather_rows, masked_mean
 from lavis_goal.paths import plugin_config
 from lavis_goal.text_spans import SpanTokenizer, spans_to_token_mask
 
@@ -326,7 +326,7 @@ class GoalBlip2(Blip2Qformer):
             inputs["region_valid"] = (samples["region_valid"] & patch_mask.any(-1)).flatten()
         if self.loss_cfg.tsl_text_weight > 0:
             token_mask = spans_to_token_mask(samples["span"], samples["span_valid"], caption_tokens.shape[1])
-            inputs["span_pooled"] = self.text_proj(_masked_mean(caption_tokens, token_mask)).flatten(0, 1)
+            inputs["span_pooled"] = self.text_proj(masked_mean(caption_tokens, token_mask)).flatten(0, 1)
             inputs["span_valid"] = samples["span_valid"].flatten() & token_mask.flatten(0, 1).any(-1)
         return inputs
 
@@ -391,7 +391,7 @@ class GoalBlip2(Blip2Qformer):
         """
         dataset = data_loader.dataset
         batch_size = int(task_cfg.get("batch_size_eval", 64)) if task_cfg is not None else 64
-        autocast = _eval_autocast(task_cfg, self.device)
+        autocast = eval_autocast(task_cfg, self.device)
         rerank = self.itm_rerank_k > 0
 
         image_rows, image_index, encoder_rows = [], [], []
@@ -406,7 +406,7 @@ class GoalBlip2(Blip2Qformer):
                 encoder_rows.append(encoder_tokens.cpu())
         queries = self.query_tokens.shape[1]
         local_index = torch.cat(image_index)
-        image_embeds = _gather_rows(torch.cat(image_rows), local_index, len(dataset.image))
+        image_embeds = gather_rows(torch.cat(image_rows), local_index, len(dataset.image))
         image_embeds = image_embeds.view(len(dataset.image), queries, -1)
 
         text_ids = self.tokenize(_stack_texts(dataset.text)).cpu()
@@ -437,7 +437,7 @@ class GoalBlip2(Blip2Qformer):
             with autocast:
                 rows.append(self._text_embeds(self.encode_text_tokens(ids)).float())
         rows = torch.cat(rows) if rows else torch.zeros(0, width, device=self.device)
-        return _gather_rows(rows, own_ids.to(self.device), text_ids.shape[0])
+        return gather_rows(rows, own_ids.to(self.device), text_ids.shape[0])
 
     def load_from_pretrained(self, url_or_filename: str):
         """Load a BLIP-2 first-stage checkpoint (LAVIS's ``blip2_pretrained.pth``), a URL or a local file.

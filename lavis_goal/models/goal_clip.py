@@ -27,6 +27,7 @@ from lavis_goal.common.config_check import check_keys
 from lavis_goal.geometry import boxes_to_patch_mask
 from lavis_goal.losses import GoalLoss, GoalLossConfig
 from lavis_goal.models.convert import OpenClipState, default_quick_gelu, read_checkpoint
+from lavis_goal.models.features import eval_autocast, gather_rows, masked_mean
 from lavis_goal.models.long_text import causal_mask, stretch_positional_embedding
 from lavis_goal.paths import OPEN_CLIP_CONFIGS, plugin_config
 from lavis_goal.text_spans import SpanTokenizer, spans_to_token_mask
@@ -288,13 +289,18 @@ class GoalCLIP(BaseModel):
 
         Returns ``(embeds, tokens)``: unnormalized ``(B, D)`` embeddings taken
         at the end token, equal to ``open_clip``'s ``encode_text``, and the
-        ``(B, L, width)`` last-layer tokens before ``ln_final``.
+        ``(B, T, width)`` last-layer tokens before ``ln_final``, where ``T <= L``
+        ends at the batch's last end token. The attention mask is causal, so
+        the positions after it change nothing before it and are not computed.
         """
         clip = self.clip
-        cast_dtype = clip.transformer.get_cast_dtype()
-        x = clip.token_embedding(text).to(cast_dtype) + clip.positional_embedding.to(cast_dtype)
-        tokens = clip.transformer(x, attn_mask=clip.attn_mask)
         end_positions = text.argmax(dim=-1)  # the end token has the largest id
+        length = int(end_positions.max()) + 1 if text.numel() else text.shape[1]
+        text = text[:, :length]
+        cast_dtype = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(text).to(cast_dtype) + clip.positional_embedding[:length].to(cast_dtype)
+        attn_mask = clip.attn_mask[:length, :length] if clip.attn_mask is not None else None
+        tokens = clip.transformer(x, attn_mask=attn_mask)
         pooled = tokens[torch.arange(tokens.shape[0], device=tokens.device), end_positions]
         return self._text_head(pooled), tokens
 
@@ -348,11 +354,11 @@ class GoalCLIP(BaseModel):
         if self.loss_cfg.tsl_image_weight > 0:
             patch_mask = boxes_to_patch_mask(samples["region_box"], self.image_size, self.patch_size)
             region_valid = samples["region_valid"] & patch_mask.any(-1)
-            inputs["region_pooled"] = self._image_head(_masked_mean(patch_tokens[:batch], patch_mask)).flatten(0, 1)
+            inputs["region_pooled"] = self._image_head(masked_mean(patch_tokens[:batch], patch_mask)).flatten(0, 1)
             inputs["region_valid"] = region_valid.flatten()
         if self.loss_cfg.tsl_text_weight > 0:
             token_mask = spans_to_token_mask(samples["span"], samples["span_valid"], text_tokens.shape[1])
-            inputs["span_pooled"] = self._text_head(_masked_mean(text_tokens[:batch], token_mask)).flatten(0, 1)
+            inputs["span_pooled"] = self._text_head(masked_mean(text_tokens[:batch], token_mask)).flatten(0, 1)
             inputs["span_valid"] = samples["span_valid"].flatten() & token_mask.flatten(0, 1).any(-1)
         return inputs
 
@@ -397,14 +403,14 @@ class GoalCLIP(BaseModel):
         dataset = data_loader.dataset
         batch_size = int(task_cfg.get("batch_size_eval", 64)) if task_cfg is not None else 64
         show = goal_dist.is_main_process()
-        autocast = _eval_autocast(task_cfg, self.device)
+        autocast = eval_autocast(task_cfg, self.device)
 
         image_rows, image_index = [], []
         for batch in tqdm(data_loader, desc="Encoding images", disable=not show, leave=False):
             with autocast:
                 image_rows.append(self.extract_features({"image": batch["image"]}, mode="image")["image_embeds"])
             image_index.append(batch["index"].to(self.device))
-        image_embeds = _gather_rows(torch.cat(image_rows), torch.cat(image_index), len(dataset.image))
+        image_embeds = gather_rows(torch.cat(image_rows), torch.cat(image_index), len(dataset.image))
 
         rank, world = goal_dist.get_rank(), goal_dist.get_world_size()
         all_ids = torch.arange(len(dataset.text))
@@ -418,7 +424,7 @@ class GoalCLIP(BaseModel):
                 text_rows.append(self.extract_features({"text_input": texts}, mode="text")["text_embeds"])
         width = image_embeds.shape[1]
         text_rows = torch.cat(text_rows) if text_rows else image_embeds.new_zeros(0, width)
-        text_embeds = _gather_rows(text_rows, own_ids.to(self.device), len(dataset.text))
+        text_embeds = gather_rows(text_rows, own_ids.to(self.device), len(dataset.text))
 
         score_i2t = (image_embeds.float() @ text_embeds.float().T).cpu().numpy()
         return score_i2t, np.ascontiguousarray(score_i2t.T)
@@ -503,35 +509,3 @@ def _more(*key_lists) -> str:
 def _text_length(source: OpenClipState) -> Optional[int]:
     positions = source.state_dict.get("positional_embedding")
     return None if positions is None else positions.shape[0]
-
-
-def _masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``(B, N, C)`` tokens over ``(B, K, N)`` masks; ``(B, K, C)``, zeros where a mask is empty."""
-    weights = mask.to(tokens.dtype)
-    summed = torch.einsum("bkn,bnc->bkc", weights, tokens)
-    return summed / weights.sum(-1, keepdim=True).clamp(min=1)
-
-
-def _gather_rows(rows: torch.Tensor, index: torch.Tensor, total: int) -> torch.Tensor:
-    """Collect ``rows`` from every rank into a ``(total, D)`` tensor ordered by ``index``."""
-    if goal_dist.get_world_size() > 1:
-        counts = goal_dist.all_gather_no_grad(torch.tensor([rows.shape[0]], device=rows.device))
-        longest = int(counts.max())
-        padded = rows.new_zeros(longest, rows.shape[1])
-        padded[: rows.shape[0]] = rows
-        padded_index = index.new_full((longest,), -1)
-        padded_index[: index.shape[0]] = index
-        rows = goal_dist.all_gather_no_grad(padded)
-        index = goal_dist.all_gather_no_grad(padded_index)
-        keep = index >= 0
-        rows, index = rows[keep], index[keep]
-    out = rows.new_zeros(total, rows.shape[1])
-    out[index] = rows
-    return out
-
-
-def _eval_autocast(task_cfg, device: torch.device):
-    dtype_name = task_cfg.get("amp_dtype", "bfloat16") if task_cfg is not None else "bfloat16"
-    enabled = bool(task_cfg.get("amp", False)) if task_cfg is not None else False
-    enabled = enabled and device.type == "cuda"
-    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype_name), enabled=enabled)

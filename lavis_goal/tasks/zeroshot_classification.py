@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from lavis_goal.common import dist as goal_dist
 from lavis_goal.common.config_check import check_keys
+from lavis_goal.models.features import gather_rows
 from lavis_goal.tasks.goal_retrieval import RUN_CONFIG_KEYS, GoalRetrievalTask
 
 logger = logging.getLogger(__name__)
@@ -58,23 +59,6 @@ def class_embeddings(model, prompts: Sequence[Sequence[str]], batch_size: int, a
     return F.normalize(embeds.mean(1), dim=-1)
 
 
-def _gather_rows(rows: torch.Tensor, index: torch.Tensor, total: int) -> torch.Tensor:
-    """Collect ``rows`` of every rank into ``(total, D)`` ordered by ``index``; padded duplicates overwrite themselves."""
-    if goal_dist.get_world_size() > 1:
-        counts = goal_dist.all_gather_no_grad(torch.tensor([rows.shape[0]], device=rows.device))
-        size = int(counts.max())
-        padded = rows.new_zeros(size, rows.shape[1])
-        padded[: rows.shape[0]] = rows
-        padded_index = index.new_full((size,), -1)
-        padded_index[: index.shape[0]] = index
-        rows, index = goal_dist.all_gather_no_grad(padded), goal_dist.all_gather_no_grad(padded_index)
-        keep = index >= 0
-        rows, index = rows[keep], index[keep]
-    out = rows.new_zeros(total, rows.shape[1])
-    out[index] = rows
-    return out
-
-
 @torch.no_grad()
 def zeroshot_evaluation(model, data_loader, run_cfg) -> dict:
     """Return the ``(n_images, n_classes)`` cosine scores and the labels of ``data_loader.dataset``."""
@@ -89,7 +73,7 @@ def zeroshot_evaluation(model, data_loader, run_cfg) -> dict:
         with autocast:
             rows.append(_pooled(model.extract_features({"image": batch["image"].to(device)}, mode="image"), "image_embeds"))
         index.append(batch["index"].to(device))
-    image_embeds = _gather_rows(torch.cat(rows), torch.cat(index), len(dataset))
+    image_embeds = gather_rows(torch.cat(rows), torch.cat(index), len(dataset))
     scores = (image_embeds @ classifier.to(image_embeds.device).T).cpu().numpy()
     return {
         "protocol": "classification",

@@ -1,0 +1,47 @@
+"""Feature helpers shared by the GOAL models and the evaluation tasks.
+
+``masked_mean`` pools tokens under region or span masks, ``gather_rows``
+collects evaluation features from every rank in dataset order, and
+``eval_autocast`` reads the task's mixed-precision settings.
+"""
+
+import torch
+
+from lavis_goal.common import dist as goal_dist
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``(B, N, C)`` tokens over ``(B, K, N)`` masks; ``(B, K, C)``, zeros where a mask is empty."""
+    weights = mask.to(tokens.dtype)
+    summed = torch.einsum("bkn,bnc->bkc", weights, tokens)
+    return summed / weights.sum(-1, keepdim=True).clamp(min=1)
+
+
+def gather_rows(rows: torch.Tensor, index: torch.Tensor, total: int) -> torch.Tensor:
+    """Collect ``(n, D)`` ``rows`` from every rank into a ``(total, D)`` tensor, row ``index[i]`` from ``rows[i]``.
+
+    Ranks may hold different numbers of rows; a distributed sampler's padded
+    duplicates carry the same index and write the same row twice.
+    """
+    if goal_dist.get_world_size() > 1:
+        counts = goal_dist.all_gather_no_grad(torch.tensor([rows.shape[0]], device=rows.device))
+        longest = int(counts.max())
+        padded = rows.new_zeros(longest, rows.shape[1])
+        padded[: rows.shape[0]] = rows
+        padded_index = index.new_full((longest,), -1)
+        padded_index[: index.shape[0]] = index
+        rows = goal_dist.all_gather_no_grad(padded)
+        index = goal_dist.all_gather_no_grad(padded_index)
+        keep = index >= 0
+        rows, index = rows[keep], index[keep]
+    out = rows.new_zeros(total, rows.shape[1])
+    out[index] = rows
+    return out
+
+
+def eval_autocast(task_cfg, device: torch.device):
+    """Autocast context for evaluation: on with ``run.amp`` on CUDA only, in ``run.amp_dtype`` (bfloat16 by default)."""
+    dtype_name = task_cfg.get("amp_dtype", "bfloat16") if task_cfg is not None else "bfloat16"
+    enabled = bool(task_cfg.get("amp", False)) if task_cfg is not None else False
+    enabled = enabled and device.type == "cuda"
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype_name), enabled=enabled)
