@@ -6,8 +6,8 @@
 
 Each run trains ``projects/goal/synthetic/<variant>.yaml`` through
 ``lavis_goal.train.main``. ``--workers`` processes (2 by default) take the
-runs in turn, each paying ``import lavis`` once; on small models two
-single-threaded runs at a time use 2 cores better than one run with 2 threads.
+runs in turn, and each pays ``import lavis`` once. By default every worker
+gets an equal share of the CPU count as torch threads, one each on 2 cores.
 The runs evaluate the test scenes after every epoch, for the learning curve,
 and the reported numbers are those of the last epoch: no epoch is chosen by
 its test score. ``--options`` entries are passed to every run.
@@ -69,8 +69,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per worker (default: the CPU count divided by --workers, at least 1)")
     parser.add_argument("--lism-matcher", default=None,
-                        help="a checkpoint of this benchmark to mine the training pairs with LISM; the runs then train on "
-                             "the mined pairs instead of the true boxes")
+                        help="a checkpoint of this benchmark to mine the training pairs with LISM, or 'train' to train "
+                             "the global-only variant with the first seed first and mine with it; the runs then train "
+                             "on the mined pairs instead of the true boxes")
+    parser.add_argument("--pretrain-short", action="store_true",
+                        help="first pre-train projects/goal/synthetic/pretrain_short.yaml (short captions, global term) "
+                             "with the first seed, then start every run from its checkpoint instead of random weights")
     parser.add_argument("--lism-proposer", default="felzenszwalb", help="LISM region proposer (default felzenszwalb)")
     return parser.parse_args(argv)
 
@@ -114,13 +118,18 @@ def twin_accuracy(score: np.ndarray, scenes) -> Dict[str, float]:
 
 @torch.no_grad()
 def evaluate_twins(checkpoint_path: Path) -> Dict[str, float]:
-    """Rebuild the model and test split of a run from its checkpoint and measure twin accuracy."""
+    """Rebuild the model and test split of a run from its checkpoint and measure twin accuracy.
+
+    Returns an empty dict when the test split has no twins (``hard_negatives: false``).
+    """
     from lavis_goal.datasets.synthetic import SceneConfig, SyntheticScenesBuilder, generate_split
     from lavis_goal.models import GoalCLIP
     from lavis_goal.models.checkpoints import load_checkpoint_file
 
     checkpoint = load_checkpoint_file(str(checkpoint_path))
     config = OmegaConf.create(checkpoint["config"])
+    if not config.datasets.synthetic_scenes.build_info.splits.test.get("hard_negatives", False):
+        return {}
     model_cfg = config.model.copy()
     model_cfg.finetuned = None
     model = GoalCLIP.from_config(model_cfg)
@@ -193,8 +202,12 @@ def term_gradients(checkpoint_path: Path, batches: int = 4, weights=(1.0, 0.5, 1
     return {name: {key: value / seen for key, value in values.items()} for name, values in totals.items()}
 
 
-def run_one(variant: str, seed: int, output_dir: Path, options: Sequence[str]) -> dict:
-    """Train one variant with one seed; return its curve, last-epoch metrics, twin accuracy and times."""
+def run_one(variant: str, seed: int, output_dir: Path, options: Sequence[str], gradients: bool = True) -> dict:
+    """Train one variant with one seed; return its curve, last-epoch metrics, twin accuracy and times.
+
+    ``variant`` names a config of ``projects/goal/synthetic``. ``gradients=False``
+    skips the gradient table, which needs local pairs in the training split.
+    """
     from lavis_goal import train
 
     run_base = output_dir / variant / f"seed{seed}"
@@ -232,14 +245,16 @@ def run_one(variant: str, seed: int, output_dir: Path, options: Sequence[str]) -
         "train_loss": epochs[last].get("train_loss"),
         "curve": curve,
         "twins": evaluate_twins(run_dir / "checkpoint_latest.pth"),
-        "gradients": term_gradients(run_dir / "checkpoint_latest.pth"),
+        "gradients": term_gradients(run_dir / "checkpoint_latest.pth") if gradients else {},
         "wall_s": wall,
         "cpu_s": cpu,
     }
 
 
 def mean_spread(values: Sequence[float]) -> str:
-    """Format as ``mean ± sample standard deviation`` (just the mean for one value)."""
+    """Format as ``mean ± sample standard deviation`` (just the mean for one value, "-" for none)."""
+    if not values:
+        return "-"
     if len(values) == 1:
         return f"{values[0]:.1f}"
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
@@ -255,7 +270,7 @@ def results_table(runs: List[dict]) -> str:
         cells = [VARIANTS[variant]]
         for key in ("t2i_r1", "t2i_r5", "i2t_r1", "i2t_r5"):
             cells.append(mean_spread([r["final"][key] for r in chosen]))
-        cells.append(mean_spread([r["twins"]["all"] for r in chosen]))
+        cells.append(mean_spread([r["twins"]["all"] for r in chosen if "all" in r["twins"]]))
         for attribute in attributes:
             cells.append(mean_spread([r["twins"][attribute] for r in chosen if attribute in r["twins"]]))
         cells.append(f"{statistics.mean(r['wall_s'] for r in chosen):.0f}")
@@ -309,16 +324,34 @@ def plot_curves(runs: List[dict], path: Path, chance: float) -> None:
     plt.close(figure)
 
 
+def pretrain_summary(pretrain) -> str:
+    if not pretrain:
+        return ""
+    final, twins = pretrain["final"], pretrain["twins"]
+    return (
+        f"\nEvery run starts from `projects/goal/synthetic/pretrain_short.yaml`, trained first in "
+        f"{pretrain['wall_s']:.0f} s ({pretrain['steps']} steps on short captions). Before fine-tuning it scores test "
+        f"R@1 {final['t2i_r1']:.1f} / {final['i2t_r1']:.1f} (text to image / image to text) and twin accuracy "
+        f"{twins.get('all', float('nan')):.1f}% on the long captions."
+    )
+
+
 def lism_summary(lism) -> str:
     if not lism:
         return ""
+    matcher = f"matcher `{lism['matcher']}`"
+    if "matcher_final" in lism:
+        matcher = (f"matcher: the global-only model of the first seed, trained for this section in "
+                   f"{lism['matcher_wall_s']:.0f} s, test R@1 {lism['matcher_final']['t2i_r1']:.1f} / "
+                   f"{lism['matcher_final']['i2t_r1']:.1f}")
     return (
         f"\nLocal pairs mined by LISM ({lism['proposer']} proposer, {lism['regions_per_image']:.1f} candidate regions "
-        f"per image with the whole image, matcher `{lism['matcher']}`) in {lism['seconds']:.0f} s: "
+        f"per image with the whole image, {matcher}) in {lism['seconds']:.0f} s: "
         f"{lism['pairs']} pairs on {lism['images_with_pairs']} images. Right (the sentence describes an object and the "
         f"box has IoU >= 0.5 with its true box): {lism['right_pairs_pct']:.1f}% of all pairs, "
         f"{lism['right_top_pairs_pct']:.1f}% of the top pair per image that training uses; "
-        f"{lism['global_sentence_top_pairs_pct']:.1f}% of top pairs hold the global sentence."
+        f"{lism['global_sentence_top_pairs_pct']:.1f}% of top pairs hold the global sentence"
+        + (f" and {lism['large_object_top_pairs_pct']:.1f}% a large object." if "large_object_top_pairs_pct" in lism else ".")
     )
 
 
@@ -331,6 +364,7 @@ def report(runs: List[dict], meta: dict) -> str:
         f"Whole ablation, {len(runs)} run(s) in {meta['workers']} worker process(es) with {meta['threads_per_worker']} "
         f"torch thread(s) each: {meta['wall_s'] / 60:.1f} min wall, {meta['cpu_s'] / 60:.1f} min CPU (user + system of "
         f"all processes).",
+        pretrain_summary(meta.get("pretrain")),
         lism_summary(meta.get("lism")),
         "",
         f"Last epoch ({runs[0]['epochs']} epochs, {runs[0]['steps']} steps), {n_test} test scenes, "
@@ -380,11 +414,15 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def pair_quality(mined: List[dict], scenes) -> Dict[str, float]:
-    """Score mined pairs against the true boxes: a pair is right when its sentence describes an object
-    and its box overlaps that object's box with IoU >= 0.5.
+    """Score mined pairs against the true boxes.
 
-    Returns the share of right pairs among all pairs and among each image's top-scoring pair (the one
-    training uses with ``top_k: 1``), and the share of top pairs whose sentence is the global sentence.
+    A pair is right when its sentence describes an object and its box overlaps
+    that object's box with IoU >= 0.5. Returns the share of right pairs among
+    all pairs and among each image's top-scoring pair, the one that training
+    uses with ``top_k: 1``. It also returns the share of top pairs that hold
+    the global sentence or a large object. The last figure is the median ratio
+    of a top pair's box area to its object's true box area, for small and for
+    large objects.
     """
     def right(segment, objects) -> bool:
         obj = objects.get(segment["caption"])
@@ -393,23 +431,35 @@ def pair_quality(mined: List[dict], scenes) -> Dict[str, float]:
         box = segment["bbox_coordinates"]
         return box_iou((box["x1"], box["y1"], box["x2"], box["y2"]), obj.box) >= 0.5
 
+    def area(box) -> float:
+        return (box[2] - box[0]) * (box[3] - box[1])
+
     all_right, top_right, top_global, n_pairs, n_top = 0, 0, 0, 0, 0
+    area_ratios: Dict[str, List[float]] = {"small": [], "large": []}
     for record, scene in zip(mined, scenes):
         objects = {obj.sentence(): obj for obj in scene.layout.objects}
         segments = record.get("segment") or []
         all_right += sum(right(segment, objects) for segment in segments)
         n_pairs += len(segments)
-        if segments:
-            top = max(segments, key=lambda segment: segment["similarity_score"])
-            top_right += right(top, objects)
-            top_global += top["caption"] not in objects
-            n_top += 1
+        if not segments:
+            continue
+        top = max(segments, key=lambda segment: segment["similarity_score"])
+        n_top += 1
+        top_right += right(top, objects)
+        obj = objects.get(top["caption"])
+        if obj is None:
+            top_global += 1
+            continue
+        box = top["bbox_coordinates"]
+        area_ratios.setdefault(obj.size, []).append(area((box["x1"], box["y1"], box["x2"], box["y2"])) / area(obj.box))
     return {
         "pairs": n_pairs,
         "images_with_pairs": n_top,
         "right_pairs_pct": 100 * all_right / max(1, n_pairs),
         "right_top_pairs_pct": 100 * top_right / max(1, n_top),
         "global_sentence_top_pairs_pct": 100 * top_global / max(1, n_top),
+        "large_object_top_pairs_pct": 100 * len(area_ratios.get("large", [])) / max(1, n_top),
+        "median_area_ratio": {size: float(np.median(ratios)) if ratios else None for size, ratios in area_ratios.items()},
     }
 
 
@@ -435,7 +485,7 @@ def mine_pairs(matcher: Path, options: Sequence[str], proposer: str, work_dir: P
         finetuned=str(matcher), device="cpu", num_workers=0, overwrite=True, progress=False,
     ))
     quality = pair_quality(json.loads(output_path.read_text(encoding="utf-8")), scenes)
-    quality.update(proposer=proposer, matcher=str(matcher), seconds=time.perf_counter() - started,
+    quality.update(proposer=proposer, matcher=os.path.relpath(matcher), seconds=time.perf_counter() - started,
                    regions_per_image=summary["regions_per_image"]["mean"])
     return output_path, quality
 
@@ -513,8 +563,25 @@ def main(argv=None) -> List[dict]:
     wall, cpu = time.perf_counter(), cpu_seconds()
     options = list(args.options)
     render_images(options)
+    if args.pretrain_short:
+        # Pre-train with the same options (image folder, scene settings), then fine-tune every run from it.
+        _start_worker(threads * workers)
+        pretrained = run_one("pretrain_short", args.seeds[0], output_dir / "pretrain", options, gradients=False)
+        meta["pretrain"] = {key: pretrained[key] for key in ("final", "twins", "wall_s", "steps")}
+        options.append(f"model.finetuned={Path(pretrained['run_dir']) / 'checkpoint_latest.pth'}")
+        print(f"Pre-trained on short captions: {json.dumps(meta['pretrain'])}", flush=True)
     if args.lism_matcher:
-        pairs_file, meta["lism"] = mine_pairs(Path(args.lism_matcher).resolve(), options, args.lism_proposer, output_dir / "lism")
+        matcher_run = None
+        if args.lism_matcher == "train":
+            # The matcher plays pretrained CLIP's part: a global-only model of the same training scenes.
+            (matcher_run,) = run_all([("global_only", args.seeds[0])], output_dir / "matcher", options, 1, threads * workers)
+            matcher = Path(matcher_run["run_dir"]) / "checkpoint_latest.pth"
+        else:
+            matcher = Path(args.lism_matcher).resolve()
+        pairs_file, meta["lism"] = mine_pairs(matcher, options, args.lism_proposer, output_dir / "lism")
+        if matcher_run is not None:
+            meta["lism"]["matcher_final"] = matcher_run["final"]
+            meta["lism"]["matcher_wall_s"] = matcher_run["wall_s"]
         options.append(f"datasets.synthetic_scenes.local_pairs_file={pairs_file}")
         print(f"LISM pairs: {json.dumps(meta['lism'])}", flush=True)
 

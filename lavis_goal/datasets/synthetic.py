@@ -74,7 +74,9 @@ ATTRIBUTES = ("colour", "shape", "size", "texture")
 SCENE_CONFIG_KEYS = {
     "image_size", "min_objects", "max_objects", "colours", "shapes", "sizes", "textures", "backgrounds", "noise_std",
 }
-SPLIT_CONFIG_KEYS = {"num_scenes", "seed", "hard_negatives"}
+SPLIT_CONFIG_KEYS = {"num_scenes", "seed", "hard_negatives", "captions"}
+# "long": the global sentence and one sentence per object; "short": one object's sentence.
+CAPTION_KINDS = ("long", "short")
 LOCAL_BOXES = ("object", "cell")
 
 
@@ -380,7 +382,7 @@ def local_box(obj: SceneObject, kind: str, canvas: int) -> Tuple[int, int, int, 
     """Return the box of ``obj``'s local pair: ``"object"``, its tight box, or ``"cell"``, its grid cell.
 
     A crop of the tight box is resized to the model's input, so it no longer
-    shows the object's size; a crop of the cell keeps the object's size
+    shows the object's size. A crop of the cell keeps the object's size
     relative to the cell.
     """
     if kind == "object":
@@ -391,8 +393,18 @@ def local_box(obj: SceneObject, kind: str, canvas: int) -> Tuple[int, int, int, 
     raise ValueError(f"local_box must be one of {list(LOCAL_BOXES)}, got {kind!r}")
 
 
+def short_captions(layouts: Sequence[SceneLayout], seed: int) -> List[str]:
+    """Return one short caption per layout: the sentence of one of its objects, drawn with ``seed``.
+
+    Short captions stand in for the alt text that CLIP is pre-trained on: each
+    names one object's size, colour, shape and cell, and leaves out the other objects.
+    """
+    rng = np.random.default_rng(seed)
+    return [layout.objects[int(rng.integers(len(layout.objects)))].sentence() for layout in layouts]
+
+
 def layout_records(layouts: Sequence[SceneLayout], paths: Sequence[Path], with_pairs: bool, seed: int,
-                   box_kind: str = "object") -> List[dict]:
+                   box_kind: str = "object", captions: str = "long") -> List[dict]:
     """Turn layouts into GOAL's annotation records.
 
     With ``with_pairs``, records use the training-list format and each object
@@ -400,7 +412,14 @@ def layout_records(layouts: Sequence[SceneLayout], paths: Sequence[Path], with_p
     in an order shuffled with ``seed``: pairs with equal scores keep their
     order when ``local_pairs.top_k`` is applied, so a ``top_k`` below the
     object count keeps a random subset of objects, not always the top-left ones.
+    With ``captions="short"`` each record's caption is one object's sentence
+    (``short_captions``) and records have no local pairs.
     """
+    if captions not in CAPTION_KINDS:
+        raise ValueError(f"captions must be one of {list(CAPTION_KINDS)}, got {captions!r}")
+    if captions == "short":
+        return [{"filename": str(path), "caption": caption}
+                for path, caption in zip(paths, short_captions(layouts, seed))]
     rng = np.random.default_rng(seed)
     records = []
     for layout, path in zip(layouts, paths):
@@ -474,12 +493,13 @@ class SyntheticScenesBuilder(GoalBuilderBase):
     """Generated scenes of coloured shapes with long captions and true object boxes.
 
     Each split is drawn from its own seed (``build_info.splits.<name>``:
-    ``num_scenes``, ``seed``, ``hard_negatives``) and rendered once into
-    ``build_info.images.storage`` (by default ``output/synthetic_scenes``
-    under the working directory), in a subfolder named by a hash of the
-    scene config and the split's settings. The split ``train`` gets local
-    pairs, one per object, whose box is the object's tight box or, with
-    ``local_box: cell``, its grid cell; the other splits are retrieval sets.
+    ``num_scenes``, ``seed``, ``hard_negatives`` and ``captions``, long or
+    short) and rendered once into ``build_info.images.storage`` (by default
+    ``output/synthetic_scenes`` under the working directory), in a subfolder
+    named by a hash of the scene config and the split's settings. The split
+    ``train`` gets local pairs, one per object, whose box is the object's
+    tight box or, with ``local_box: cell``, its grid cell; the other splits
+    are retrieval sets.
     """
 
     name = "synthetic_scenes"
@@ -535,11 +555,19 @@ class SyntheticScenesBuilder(GoalBuilderBase):
         if box_kind not in LOCAL_BOXES:
             raise ValueError(f"datasets.{self.name}.local_box must be one of {list(LOCAL_BOXES)}, got {box_kind!r}")
         # Records carry absolute paths, so options.image_root stays None.
+        captions = str(settings.get("captions", "long"))
+        if captions not in CAPTION_KINDS:
+            raise ValueError(f"datasets.{self.name}.build_info.splits.{split}.captions must be one of "
+                             f"{list(CAPTION_KINDS)}, got {captions!r}")
         layouts = [scene.layout for scene in scenes]
-        raw = layout_records(layouts, paths, with_pairs=split == "train", seed=seed, box_kind=box_kind)
+        raw = layout_records(layouts, paths, with_pairs=split == "train", seed=seed, box_kind=box_kind, captions=captions)
         hard = ", hard negatives" if settings.get("hard_negatives", False) else ""
-        source = f"{self.name}/{split} ({len(scenes)} scenes, seed {seed}{hard}, {paths[0].parent})"
+        short = ", short captions" if captions == "short" else ""
+        source = f"{self.name}/{split} ({len(scenes)} scenes, seed {seed}{hard}{short}, {paths[0].parent})"
         pairs_file = self.config.get("local_pairs_file", None)
+        if split == "train" and pairs_file and captions == "short":
+            raise ValueError(f"datasets.{self.name}.local_pairs_file needs long captions in the train split; "
+                             "short captions have no sentences to pair")
         if split == "train" and pairs_file:
             raw = replace_segments(raw, os.path.abspath(os.path.expanduser(str(pairs_file))))
             source += f" with local pairs from {pairs_file}"
