@@ -1,8 +1,8 @@
 """GOAL's four loss settings on generated scenes, over several seeds, on CPU.
 
     python benchmarks/ablation_synthetic.py [--seeds 0 1 2] [--variants global_only local_only wo_tsl goal]
-        [--workers 2] [--threads N] [--section NAME] [--lism-matcher CHECKPOINT] [--no-write]
-        [--options key=value ...]
+        [--workers 2] [--threads N] [--section NAME] [--lism-matcher CHECKPOINT|train]
+        [--pretrain-short] [--no-write] [--options key=value ...]
 
 Each run trains ``projects/goal/synthetic/<variant>.yaml`` through
 ``lavis_goal.train.main``. ``--workers`` processes (2 by default) take the
@@ -20,7 +20,11 @@ the accuracy is also split by the attribute that differs. The script also
 measures each GOAL term's gradient at the final weights.
 
 With ``--lism-matcher``, LISM first mines the training pairs with that
-checkpoint, and the runs train on the mined pairs instead of the true boxes.
+checkpoint, and the runs train on the mined pairs instead of the true boxes;
+``--lism-matcher train`` trains a global-only matcher first. With
+``--pretrain-short``, every run starts from a model pre-trained on short
+captions (``projects/goal/synthetic/pretrain_short.yaml``) instead of random
+weights.
 
 Outputs, named by ``--section`` (default ``ablation_synthetic``):
 ``benchmarks/results/<section>.json`` (every number),
