@@ -14,9 +14,8 @@ from types import SimpleNamespace
 
 from lavis.common.registry import registry
 
-from lavis_goal.common import dist as goal_dist
 from lavis_goal.common.config_check import check_keys
-from lavis_goal.tasks.goal_retrieval import RUN_CONFIG_KEYS, GoalRetrievalTask, _writable
+from lavis_goal.tasks.goal_retrieval import RUN_CONFIG_KEYS, GoalRetrievalTask, _writable, record_split_result
 from lavis_goal.tasks.joint_retrieval import DEFAULT_MAP_K, joint_evaluation, joint_metrics
 from lavis_goal.tasks.retrieval_metrics import retrieval_metrics
 from lavis_goal.tasks.zeroshot_classification import DEFAULT_TOPK, classification_metrics, zeroshot_evaluation
@@ -126,13 +125,8 @@ class GoalBenchmarkSuiteTask(GoalRetrievalTask):
         else:
             metrics = self._retrieval_metrics(val_result)
 
-        if goal_dist.is_main_process():
-            from lavis_goal.report import write_split_result  # late import: python -m lavis_goal.report warns when the package already loaded it
-
-            extra = {"benchmark": val_result.get("benchmark"), "protocol": protocol, "method": self.method}
-            path = write_split_result(registry.get_path("result_dir"), split_name, epoch, {**extra, **metrics})
-            summary = " ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.startswith(("t2i_", "i2t_", "top")))
-            logger.info("%s %s (epoch %s): %s -> %s", split_name, protocol, epoch, summary, path)
+        extra = {"benchmark": val_result.get("benchmark"), "protocol": protocol, "method": self.method}
+        record_split_result(split_name, epoch, metrics, extra, protocol, ("t2i_", "i2t_", "top"))
         return metrics
 
     def _retrieval_metrics(self, val_result) -> dict:

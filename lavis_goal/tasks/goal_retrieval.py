@@ -1,10 +1,9 @@
 """The ``goal_retrieval`` task: GOAL training steps and retrieval evaluation."""
 
-import json
 import logging
 import math
-import os
 from collections import defaultdict
+from typing import Tuple
 
 import torch
 from lavis.common.registry import registry
@@ -14,7 +13,6 @@ from tqdm import tqdm
 
 from lavis_goal.common import dist as goal_dist
 from lavis_goal.common.config_check import check_keys
-from lavis_goal.common.io import atomic_write_text
 from lavis_goal.losses import GoalLossConfig
 from lavis_goal.tasks.retrieval_metrics import DEFAULT_RECALL_K, retrieval_metrics
 
@@ -44,6 +42,8 @@ class GoalRetrievalTask(BaseTask):
     only), ``max_grad_norm`` (no clipping by default) and ``log_freq``.
     """
 
+    RUN_KEYS = RUN_CONFIG_KEYS
+
     def __init__(self, run_cfg=None):
         super().__init__()
         run_cfg = run_cfg if run_cfg is not None else OmegaConf.create()
@@ -60,7 +60,7 @@ class GoalRetrievalTask(BaseTask):
     def setup_task(cls, cfg=None, **kwargs):
         run_cfg = cfg.run_cfg if cfg is not None else None
         if run_cfg is not None:
-            check_keys(run_cfg, RUN_CONFIG_KEYS, "run")
+            check_keys(run_cfg, cls.RUN_KEYS, "run")
         return cls(run_cfg)
 
     def build_datasets(self, cfg):
@@ -184,13 +184,19 @@ class GoalRetrievalTask(BaseTask):
         metrics["n_images"] = len(val_result["img2txt"])
         metrics["n_texts"] = len(val_result["txt2img"])
 
-        result_dir = registry.get_path("result_dir")
-        if goal_dist.is_main_process() and result_dir:
-            path = os.path.join(result_dir, f"{split_name}_{epoch}.json")
-            atomic_write_text(path, json.dumps({"split": split_name, "epoch": epoch, **metrics}, indent=2) + "\n")
-            logger.info("%s retrieval (epoch %s): %s -> %s", split_name, epoch,
-                        " ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.startswith(("t2i_r", "i2t_r"))), path)
+        record_split_result(split_name, epoch, metrics, {}, "retrieval", ("t2i_r", "i2t_r"))
         return metrics
+
+
+def record_split_result(split_name, epoch, metrics: dict, extra: dict, label: str, prefixes: Tuple[str, ...]) -> None:
+    """Write ``result/<split>_<epoch>.json`` on the main process and log the metrics whose names start with ``prefixes``."""
+    if not goal_dist.is_main_process():
+        return
+    from lavis_goal.report import write_split_result  # late import: python -m lavis_goal.report warns when the package already loaded it
+
+    path = write_split_result(registry.get_path("result_dir"), split_name, epoch, {**extra, **metrics})
+    summary = " ".join(f"{k} {v:.2f}" for k, v in metrics.items() if k.startswith(prefixes))
+    logger.info("%s %s (epoch %s): %s -> %s", split_name, label, epoch, summary, path)
 
 
 def _span_tokenizer_config(model_cfg) -> dict:

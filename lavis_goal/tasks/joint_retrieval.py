@@ -13,9 +13,7 @@ import numpy as np
 import torch
 from lavis.common.registry import registry
 
-from lavis_goal.common import dist as goal_dist
-from lavis_goal.common.config_check import check_keys
-from lavis_goal.tasks.goal_retrieval import RUN_CONFIG_KEYS, GoalRetrievalTask
+from lavis_goal.tasks.goal_retrieval import RUN_CONFIG_KEYS, GoalRetrievalTask, record_split_result
 
 logger = logging.getLogger(__name__)
 
@@ -129,13 +127,6 @@ class GoalJointRetrievalTask(GoalRetrievalTask):
         super().__init__(run_cfg)
         self.map_k = tuple(int(k) for k in self.run_cfg.get("map_k", DEFAULT_MAP_K))
 
-    @classmethod
-    def setup_task(cls, cfg=None, **kwargs):
-        run_cfg = cfg.run_cfg if cfg is not None else None
-        if run_cfg is not None:
-            check_keys(run_cfg, cls.RUN_KEYS, "run")
-        return cls(run_cfg)
-
     def evaluation(self, model, data_loader, cuda_enabled=True):
         if getattr(data_loader.dataset, "protocol", None) != "joint":
             raise ValueError("goal_joint_retrieval evaluates goal_joint splits only; use goal_benchmark_suite for mixed benchmarks")
@@ -143,16 +134,6 @@ class GoalJointRetrievalTask(GoalRetrievalTask):
 
     def after_evaluation(self, val_result, split_name, epoch, **kwargs):
         metrics = joint_metrics(val_result, val_result.get("map_k") or self.map_k)
-        record_joint_result(split_name, epoch, metrics, {"benchmark": val_result.get("benchmark"), "protocol": "joint"})
+        extra = {"benchmark": val_result.get("benchmark"), "protocol": "joint"}
+        record_split_result(split_name, epoch, metrics, extra, "joint test", ("t2i_map", "i2t_map", "mean_map"))
         return metrics
-
-
-def record_joint_result(split_name, epoch, metrics: dict, extra: dict) -> None:
-    """Write ``result/<split>_<epoch>.json`` on the main process and log the mAP values."""
-    if not goal_dist.is_main_process():
-        return
-    from lavis_goal.report import write_split_result  # late import: python -m lavis_goal.report warns when the package already loaded it
-
-    path = write_split_result(registry.get_path("result_dir"), split_name, epoch, {**extra, **metrics})
-    logger.info("%s joint test (epoch %s): %s -> %s", split_name, epoch,
-                " ".join(f"{k} {v:.2f}" for k, v in metrics.items() if "_map" in k), path)

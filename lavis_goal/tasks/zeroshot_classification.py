@@ -7,7 +7,7 @@ with the highest cosine similarity. Datasets come from the ``cifar10``,
 """
 
 import logging
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 import torch
@@ -16,9 +16,8 @@ from lavis.common.registry import registry
 from tqdm import tqdm
 
 from lavis_goal.common import dist as goal_dist
-from lavis_goal.common.config_check import check_keys
 from lavis_goal.models.features import gather_rows
-from lavis_goal.tasks.goal_retrieval import RUN_CONFIG_KEYS, GoalRetrievalTask
+from lavis_goal.tasks.goal_retrieval import RUN_CONFIG_KEYS, GoalRetrievalTask, record_split_result
 
 logger = logging.getLogger(__name__)
 
@@ -121,13 +120,6 @@ class GoalZeroShotClassificationTask(GoalRetrievalTask):
         super().__init__(run_cfg)
         self.topk = tuple(int(k) for k in self.run_cfg.get("topk", DEFAULT_TOPK))
 
-    @classmethod
-    def setup_task(cls, cfg=None, **kwargs):
-        run_cfg = cfg.run_cfg if cfg is not None else None
-        if run_cfg is not None:
-            check_keys(run_cfg, cls.RUN_KEYS, "run")
-        return cls(run_cfg)
-
     def evaluation(self, model, data_loader, cuda_enabled=True):
         if getattr(data_loader.dataset, "protocol", None) != "classification":
             raise ValueError("goal_zeroshot_classification evaluates classification splits only; use goal_benchmark_suite for mixed benchmarks")
@@ -135,16 +127,6 @@ class GoalZeroShotClassificationTask(GoalRetrievalTask):
 
     def after_evaluation(self, val_result, split_name, epoch, **kwargs):
         metrics = classification_metrics(val_result, val_result.get("topk") or self.topk)
-        record_classification_result(split_name, epoch, metrics, {"benchmark": val_result.get("benchmark"), "protocol": "classification"})
+        extra = {"benchmark": val_result.get("benchmark"), "protocol": "classification"}
+        record_split_result(split_name, epoch, metrics, extra, "zero-shot classification", ("top",))
         return metrics
-
-
-def record_classification_result(split_name, epoch, metrics: dict, extra: dict) -> None:
-    """Write ``result/<split>_<epoch>.json`` on the main process and log the accuracies."""
-    if not goal_dist.is_main_process():
-        return
-    from lavis_goal.report import write_split_result  # late import: python -m lavis_goal.report warns when the package already loaded it
-
-    path = write_split_result(registry.get_path("result_dir"), split_name, epoch, {**extra, **metrics})
-    accuracies: List[str] = [f"{k} {v:.2f}" for k, v in metrics.items() if k.startswith("top")]
-    logger.info("%s zero-shot classification (epoch %s): %s -> %s", split_name, epoch, " ".join(accuracies), path)
