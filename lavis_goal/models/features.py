@@ -1,11 +1,15 @@
 """Feature helpers shared by the GOAL models and the evaluation tasks.
 
 ``masked_mean`` pools tokens under region or span masks, ``gather_rows``
-collects evaluation features from every rank in dataset order, and
+collects evaluation features from every rank in dataset order,
+``encode_rank_share`` splits items such as captions across ranks, and
 ``eval_autocast`` reads the task's mixed-precision settings.
 """
 
+from typing import Callable
+
 import torch
+from tqdm import tqdm
 
 from lavis_goal.common import dist as goal_dist
 
@@ -37,6 +41,25 @@ def gather_rows(rows: torch.Tensor, index: torch.Tensor, total: int) -> torch.Te
     out = rows.new_zeros(total, rows.shape[1])
     out[index] = rows
     return out
+
+
+def encode_rank_share(total: int, batch_size: int, encode: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor,
+                      desc: str = "Encoding texts") -> torch.Tensor:
+    """Encode items ``0 .. total - 1`` split across ranks and return all ``(total, D)`` rows on every rank.
+
+    Each rank takes every ``world_size``-th item and calls ``encode`` with a
+    1-D tensor of up to ``batch_size`` item indices, which returns their
+    ``(n, D)`` rows. A rank left without items contributes an empty tensor
+    with the dtype, device and last dimension of ``like``.
+    """
+    rank, world = goal_dist.get_rank(), goal_dist.get_world_size()
+    own_ids = torch.arange(total)[rank::world]
+    rows = []
+    starts = range(0, len(own_ids), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not goal_dist.is_main_process(), leave=False):
+        rows.append(encode(own_ids[start : start + batch_size]))
+    rows = torch.cat(rows) if rows else like.new_zeros(0, like.shape[-1])
+    return gather_rows(rows, own_ids.to(like.device), total)
 
 
 def eval_autocast(task_cfg, device: torch.device):

@@ -43,7 +43,7 @@ from lavis_goal.models.blip2.backbones import (
 )
 from lavis_goal.models.blip2.retrieval import rerank_with_itm, similarity_matrix
 from lavis_goal.models.checkpoints import extract_state_dict, load_checkpoint_file
-from lavis_goal.models.features import eval_autocast, gather_rows, masked_mean
+from lavis_goal.models.features import encode_rank_share, eval_autocast, gather_rows, masked_mean
 from lavis_goal.paths import plugin_config
 from lavis_goal.text_spans import SpanTokenizer, spans_to_token_mask
 
@@ -410,7 +410,12 @@ class GoalBlip2(Blip2Qformer):
         image_embeds = image_embeds.view(len(dataset.image), queries, -1)
 
         text_ids = self.tokenize(_stack_texts(dataset.text)).cpu()
-        text_embeds = self._encode_texts_sharded(text_ids, batch_size, autocast, image_embeds.shape[-1])
+
+        def encode_texts(ids: torch.Tensor) -> torch.Tensor:
+            with autocast:
+                return self._text_embeds(self.encode_text_tokens(text_ids[ids].to(self.device))).float()
+
+        text_embeds = encode_rank_share(text_ids.shape[0], batch_size, encode_texts, like=image_embeds)
 
         sim = similarity_matrix(image_embeds, text_embeds)
         if not rerank:
@@ -425,19 +430,6 @@ class GoalBlip2(Blip2Qformer):
             sim, torch.cat(encoder_rows), local_index, text_ids, score_pairs, self.itm_rerank_k, batch_size
         )
         return score_i2t.cpu().numpy(), score_t2i.cpu().numpy()
-
-    def _encode_texts_sharded(self, text_ids: torch.Tensor, batch_size: int, autocast, width: int) -> torch.Tensor:
-        """Encode this rank's share of ``(n_texts, L)`` ids and gather all ``(n_texts, D)`` embeddings."""
-        rank, world = goal_dist.get_rank(), goal_dist.get_world_size()
-        own_ids = torch.arange(text_ids.shape[0])[rank::world]
-        rows = []
-        starts = range(0, len(own_ids), batch_size)
-        for start in tqdm(starts, desc="Encoding texts", disable=not goal_dist.is_main_process(), leave=False):
-            ids = text_ids[own_ids[start : start + batch_size]].to(self.device)
-            with autocast:
-                rows.append(self._text_embeds(self.encode_text_tokens(ids)).float())
-        rows = torch.cat(rows) if rows else torch.zeros(0, width, device=self.device)
-        return gather_rows(rows, own_ids.to(self.device), text_ids.shape[0])
 
     def load_from_pretrained(self, url_or_filename: str):
         """Load a BLIP-2 first-stage checkpoint (LAVIS's ``blip2_pretrained.pth``), a URL or a local file.

@@ -27,7 +27,7 @@ from lavis_goal.common.config_check import check_keys
 from lavis_goal.geometry import boxes_to_patch_mask
 from lavis_goal.losses import GoalLoss, GoalLossConfig
 from lavis_goal.models.convert import OpenClipState, default_quick_gelu, read_checkpoint
-from lavis_goal.models.features import eval_autocast, gather_rows, masked_mean
+from lavis_goal.models.features import encode_rank_share, eval_autocast, gather_rows, masked_mean
 from lavis_goal.models.long_text import causal_mask, stretch_positional_embedding
 from lavis_goal.paths import OPEN_CLIP_CONFIGS, plugin_config
 from lavis_goal.text_spans import SpanTokenizer, spans_to_token_mask
@@ -402,29 +402,22 @@ class GoalCLIP(BaseModel):
         """
         dataset = data_loader.dataset
         batch_size = int(task_cfg.get("batch_size_eval", 64)) if task_cfg is not None else 64
-        show = goal_dist.is_main_process()
         autocast = eval_autocast(task_cfg, self.device)
 
         image_rows, image_index = [], []
-        for batch in tqdm(data_loader, desc="Encoding images", disable=not show, leave=False):
+        for batch in tqdm(data_loader, desc="Encoding images", disable=not goal_dist.is_main_process(), leave=False):
             with autocast:
                 image_rows.append(self.extract_features({"image": batch["image"]}, mode="image")["image_embeds"])
             image_index.append(batch["index"].to(self.device))
         image_embeds = gather_rows(torch.cat(image_rows), torch.cat(image_index), len(dataset.image))
 
-        rank, world = goal_dist.get_rank(), goal_dist.get_world_size()
-        all_ids = torch.arange(len(dataset.text))
-        own_ids = all_ids[rank::world]
-        text_rows = []
-        for start in tqdm(range(0, len(own_ids), batch_size), desc="Encoding texts", disable=not show, leave=False):
-            ids = own_ids[start : start + batch_size]
+        def encode_texts(ids: torch.Tensor) -> torch.Tensor:
             texts = [dataset.text[i] for i in ids.tolist()]
             texts = torch.stack(texts) if isinstance(texts[0], torch.Tensor) else texts
             with autocast:
-                text_rows.append(self.extract_features({"text_input": texts}, mode="text")["text_embeds"])
-        width = image_embeds.shape[1]
-        text_rows = torch.cat(text_rows) if text_rows else image_embeds.new_zeros(0, width)
-        text_embeds = gather_rows(text_rows, own_ids.to(self.device), len(dataset.text))
+                return self.extract_features({"text_input": texts}, mode="text")["text_embeds"]
+
+        text_embeds = encode_rank_share(len(dataset.text), batch_size, encode_texts, like=image_embeds)
 
         score_i2t = (image_embeds.float() @ text_embeds.float().T).cpu().numpy()
         return score_i2t, np.ascontiguousarray(score_i2t.T)
