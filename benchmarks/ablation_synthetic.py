@@ -409,14 +409,6 @@ def dataset_config(options: Sequence[str]):
     return OmegaConf.merge(defaults, {"datasets": project.datasets}, overrides).datasets.synthetic_scenes
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def pair_quality(mined: List[dict], scenes) -> Dict[str, float]:
     """Score mined pairs against the true boxes.
 
@@ -428,6 +420,8 @@ def pair_quality(mined: List[dict], scenes) -> Dict[str, float]:
     of a top pair's box area to its object's true box area, for small and for
     large objects.
     """
+    from lavis_goal.geometry import box_iou
+
     def right(segment, objects) -> bool:
         obj = objects.get(segment["caption"])
         if obj is None:

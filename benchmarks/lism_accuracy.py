@@ -27,7 +27,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -36,20 +36,13 @@ from PIL import Image
 
 from lavis_goal import train
 from lavis_goal.datasets.synthetic import generate_scene
+from lavis_goal.geometry import box_iou
 from lavis_goal.models.goal_clip import GoalCLIP
 from lavis_goal.lism.proposers import RegionProposer, SamProposer, build_proposer
 from lavis_goal.lism.runner import LismConfig, run_lism
 
 IOU_THRESHOLD = 0.5
 TEST_SEED = 1234  # the training split uses seed 0
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = width * height
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 class OracleProposer(RegionProposer):
@@ -111,8 +104,8 @@ def score(output: Path, scenes) -> Dict[str, float]:
             sentence = sentences[obj.sentence()]
             best = record["regions"][sentence["region"]]
             total += 1
-            matched += iou(best, obj.box) >= IOU_THRESHOLD
-            recalled += max(iou(region, obj.box) for region in record["regions"]) >= IOU_THRESHOLD
+            matched += box_iou(best, obj.box) >= IOU_THRESHOLD
+            recalled += max(box_iou(region, obj.box) for region in record["regions"]) >= IOU_THRESHOLD
             # A looser hit for coarse proposers: a box other than the whole image that contains the object's centre.
             x, y = (obj.box[0] + obj.box[2]) / 2, (obj.box[1] + obj.box[3]) / 2
             centred += sentence["region"] != 0 and best[0] <= x < best[2] and best[1] <= y < best[3]

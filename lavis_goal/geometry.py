@@ -6,7 +6,7 @@ A box covers the continuous area ``[x1, x2) x [y1, y2)``.
 """
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import torch
 
@@ -141,3 +141,12 @@ def boxes_to_patch_mask(
     has_area = ((x2 > x1) & (y2 > y1))[..., None]  # (..., 1, 1)
     mask = rows[..., :, None] & cols[..., None, :] & has_area  # (..., grid_h, grid_w)
     return mask.flatten(-2)
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Return the intersection over union of two ``(x1, y1, x2, y2)`` boxes; 0 when both are empty."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

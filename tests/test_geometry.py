@@ -5,6 +5,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 from lavis_goal.geometry import (
+    box_iou,
     boxes_to_patch_mask,
     resize_center_crop_step,
     resized_crop_step,
@@ -133,3 +134,14 @@ def test_patch_mask_after_transform_covers_painted_region(patch):
     painted = (cells > 0.5).flatten()
     assert bool(valid[0])
     assert torch.equal(mask, painted), f"mask and painted cells differ on a {grid}x{grid} grid"
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ((0, 0, 10, 10), (0, 0, 10, 10), 1.0),
+    ((0, 0, 10, 10), (10, 0, 20, 10), 0.0),
+    ((0, 0, 10, 10), (5, 0, 15, 10), 1 / 3),
+    ((0, 0, 10, 10), (2, 2, 4, 4), 0.04),
+    ((3, 3, 3, 3), (3, 3, 3, 3), 0.0),
+])
+def test_box_iou_cases(a, b, expected):
+    assert box_iou(a, b) == pytest.approx(expected)
