@@ -207,7 +207,7 @@ def term_gradients(checkpoint_path: Path, batches: int = 4, weights=(1.0, 0.5, 1
 
 
 def run_one(variant: str, seed: int, output_dir: Path, options: Sequence[str], gradients: bool = True) -> dict:
-    """Train one variant with one seed; return its curve, last-epoch metrics, twin accuracy and times.
+    """Train one variant with one seed and return its curve, last-epoch metrics, twin accuracy and times.
 
     ``variant`` names a config of ``projects/goal/synthetic``. ``gradients=False``
     skips the gradient table, which needs local pairs in the training split.

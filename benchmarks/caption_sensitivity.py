@@ -130,7 +130,7 @@ def main(argv=None) -> List[dict]:
             checkpoint = Path(run["run_dir"]) / "checkpoint_latest.pth"
             if not checkpoint.is_file():
                 raise FileNotFoundError(
-                    f"{checkpoint} (section {section}, {run['variant']} seed {run['seed']}) is gone; "
+                    f"Checkpoint {checkpoint} (section {section}, {run['variant']} seed {run['seed']}) not found; "
                     f"run benchmarks/ablation_synthetic.py for that section again"
                 )
             by_variant.setdefault(run["variant"], []).append(sensitivity(checkpoint, args.scenes))

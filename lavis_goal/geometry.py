@@ -144,7 +144,7 @@ def boxes_to_patch_mask(
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Return the intersection over union of two ``(x1, y1, x2, y2)`` boxes; 0 when both are empty."""
+    """Return the intersection over union of two ``(x1, y1, x2, y2)`` boxes, or 0 when their union is empty."""
     width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = width * height

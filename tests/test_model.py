@@ -78,7 +78,7 @@ def test_encoders_match_open_clip(model):
     assert text_tokens.shape == (2, end + 1, 64)
 
 
-def test_text_tokens_stop_at_the_last_end_token(model):
+def test_text_tokens_stop_at_end(model):
     # Two captions of different lengths and one that fills all 248 positions:
     # the trimmed forward pass gives the same tokens as all positions do.
     short = model.tokenizer.encode_caption("A cat.").tokens

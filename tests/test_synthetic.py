@@ -358,8 +358,8 @@ def test_builder_rejects_bad_split_settings(tmp_path):
         _builder(tmp_path, {"train": {"num_scene": 4, "seed": 0}}).build_datasets()
 
 
-# Diagnostics for BENCHMARKS.md ("Diagnostics: why GOAL does not win"): each test
-# isolates one cause that the ablation's analysis names.
+# Diagnostics: each test isolates one reason why GOAL does not beat global-only
+# training on these scenes. BENCHMARKS.md reports the runs behind them.
 
 
 @pytest.mark.parametrize("shape", ["circle", "square", "triangle", "diamond"])
@@ -389,7 +389,7 @@ def test_tight_crops_hide_size(tmp_path, shape):
 
 
 def _sentence_embedding_similarity(dataset, loss: dict, steps: int) -> float:
-    """Train a tiny64 model for ``steps`` batches with ``loss``; return the mean cosine between different local sentences."""
+    """Train a tiny64 model for ``steps`` batches with ``loss`` and return the mean cosine between different local sentences."""
     from lavis_goal.models import GoalCLIP
 
     torch.manual_seed(0)

@@ -75,7 +75,8 @@ SCENE_CONFIG_KEYS = {
     "image_size", "min_objects", "max_objects", "colours", "shapes", "sizes", "textures", "backgrounds", "noise_std",
 }
 SPLIT_CONFIG_KEYS = {"num_scenes", "seed", "hard_negatives", "captions"}
-# "long": the global sentence and one sentence per object; "short": one object's sentence.
+# Caption kinds: a long caption has the global sentence and one sentence per
+# object, and a short caption is one object's sentence.
 CAPTION_KINDS = ("long", "short")
 LOCAL_BOXES = ("object", "cell")
 
@@ -566,8 +567,8 @@ class SyntheticScenesBuilder(GoalBuilderBase):
         source = f"{self.name}/{split} ({len(scenes)} scenes, seed {seed}{hard}{short}, {paths[0].parent})"
         pairs_file = self.config.get("local_pairs_file", None)
         if split == "train" and pairs_file and captions == "short":
-            raise ValueError(f"datasets.{self.name}.local_pairs_file needs long captions in the train split; "
-                             "short captions have no sentences to pair")
+            raise ValueError(f"datasets.{self.name}.local_pairs_file needs long captions in the train split, because "
+                             "short captions have no sentences to pair; remove local_pairs_file or set captions: long")
         if split == "train" and pairs_file:
             raw = replace_segments(raw, os.path.abspath(os.path.expanduser(str(pairs_file))))
             source += f" with local pairs from {pairs_file}"

@@ -15,7 +15,7 @@ from lavis_goal.common import dist as goal_dist
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``(B, N, C)`` tokens over ``(B, K, N)`` masks; ``(B, K, C)``, zeros where a mask is empty."""
+    """Average ``(B, N, C)`` tokens over ``(B, K, N)`` masks into ``(B, K, C)``, with zeros where a mask is empty."""
     weights = mask.to(tokens.dtype)
     summed = torch.einsum("bkn,bnc->bkc", weights, tokens)
     return summed / weights.sum(-1, keepdim=True).clamp(min=1)
@@ -24,7 +24,7 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def gather_rows(rows: torch.Tensor, index: torch.Tensor, total: int) -> torch.Tensor:
     """Collect ``(n, D)`` ``rows`` from every rank into a ``(total, D)`` tensor, row ``index[i]`` from ``rows[i]``.
 
-    Ranks may hold different numbers of rows; a distributed sampler's padded
+    Ranks may have different numbers of rows, and a distributed sampler's padded
     duplicates carry the same index and write the same row twice.
     """
     if goal_dist.get_world_size() > 1:
@@ -63,7 +63,7 @@ def encode_rank_share(total: int, batch_size: int, encode: Callable[[torch.Tenso
 
 
 def eval_autocast(task_cfg, device: torch.device):
-    """Autocast context for evaluation: on with ``run.amp`` on CUDA only, in ``run.amp_dtype`` (bfloat16 by default)."""
+    """Return the autocast context for evaluation: on with ``run.amp`` on CUDA only, in ``run.amp_dtype`` (bfloat16 by default)."""
     dtype_name = task_cfg.get("amp_dtype", "bfloat16") if task_cfg is not None else "bfloat16"
     enabled = bool(task_cfg.get("amp", False)) if task_cfg is not None else False
     enabled = enabled and device.type == "cuda"
